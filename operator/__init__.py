@@ -1,0 +1,1 @@
+"""metatide Kubernetes operator."""

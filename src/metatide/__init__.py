@@ -1,0 +1,1 @@
+"""metatide: incremental SQL metadata extraction (extractor engine + Kubernetes operator)."""
