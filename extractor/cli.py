@@ -1,2 +1,258 @@
+"""The `metatide` command: each phase as a subcommand (for Jobs), `run` for all (local), `demo`.
+
+The CLI is the only synchronous layer: it reads the spec (``--config FILE`` or the
+``METATIDE_SPEC`` environment variable), runs one async phase, prints one JSON result line on
+stdout, and exits with a code that says whether retrying can help (see `errors`). On
+Kubernetes the same line, or the error, is also written to the termination-message file so
+the operator can read batch counts and failure reasons from the pod status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from metatide.extractor import logs
+from metatide.extractor.errors import EXIT_UNEXPECTED, MetatideError, SpecError
+from metatide.extractor.ids import RunId, parse_run_id
+from metatide.extractor.progress import NoProgress, Progress
+from metatide.extractor.spec import ExtractionSpec, load_spec_file, load_spec_json
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="metatide",
+    help="Incremental SQL metadata extraction: plan, columns, finalize, or all at once with run.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Spec file (YAML or JSON). Default: the METATIDE_SPEC environment variable (JSON).",
+        exists=False,
+    ),
+]
+RunIdOption = Annotated[
+    str | None,
+    typer.Option("--run-id", help="Run id (printed by plan). Default: METATIDE_RUN_ID."),
+]
+ForceFullOption = Annotated[
+    bool, typer.Option("--force-full", help="Override forceFullExtraction: true for this run.")
+]
+AllowMassDeleteOption = Annotated[
+    bool,
+    typer.Option("--allow-mass-delete", help="Disable the mass-delete guard for this run."),
+]
+
+
+def _load_spec(config: Path | None, force_full: bool = False, allow_mass_delete: bool = False) -> ExtractionSpec:
+    if config is not None:
+        spec = load_spec_file(config)
+    elif os.environ.get("METATIDE_SPEC"):
+        spec = load_spec_json(os.environ["METATIDE_SPEC"], "the METATIDE_SPEC environment variable")
+    else:
+        raise SpecError("no spec given: pass --config FILE or set METATIDE_SPEC to the spec as JSON")
+    updates: dict[str, Any] = {}
+    if force_full:
+        updates["force_full_extraction"] = True
+    if allow_mass_delete:
+        updates["mass_delete_guard"] = spec.mass_delete_guard.model_copy(
+            update={"max_deleted_fraction": 1.0, "allow_empty_source": True}
+        )
+    return spec.model_copy(update=updates) if updates else spec
+
+
+def _optional_run_id(value: str | None) -> RunId | None:
+    value = value or os.environ.get("METATIDE_RUN_ID")
+    return parse_run_id(value) if value else None
+
+
+def _required_run_id(value: str | None) -> RunId:
+    run_id = _optional_run_id(value)
+    if run_id is None:
+        raise SpecError(
+            "no run id given: pass --run-id or set METATIDE_RUN_ID (as printed by `metatide plan`)"
+        )
+    return run_id
+
+
+@contextmanager
+def _workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="metatide-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _termination_log(text: str) -> None:
+    """Hand the result to Kubernetes (pod status) when running in a container."""
+    target = os.environ.get("METATIDE_TERMINATION_LOG")
+    if target:
+        try:
+            Path(target).write_text(text[-4000:], encoding="utf-8")
+        except OSError:
+            logs.log.warning("termination_log_unwritable", path=target)
+
+
+def _execute(work: Callable[[], Awaitable[str]]) -> None:
+    """Run one async command: result line on stdout, error on stderr, exit code by error type."""
+    logs.configure(os.environ.get("METATIDE_LOG_LEVEL", "INFO"))
+    try:
+        line = asyncio.run(work())
+    except MetatideError as exc:
+        logs.log.error("failed", error=type(exc).__name__, message=str(exc), exit_code=exc.exit_code)
+        _termination_log(f"{type(exc).__name__}: {exc}")
+        raise typer.Exit(exc.exit_code) from None
+    except Exception as exc:  # noqa: BLE001 - the last line of defence names the type, exits 1
+        logs.log.exception("unexpected_failure", error=type(exc).__name__)
+        _termination_log(f"{type(exc).__name__}: unexpected failure, see the pod log")
+        raise typer.Exit(EXIT_UNEXPECTED) from None
+    print(line, flush=True)
+    _termination_log(line)
+
+
+def _progress() -> Progress:
+    if sys.stderr.isatty():
+        from metatide.extractor.console import RichProgress
+
+        return RichProgress()
+    return NoProgress()
+
+
+@app.command()
+def plan(
+    config: ConfigOption = None,
+    run_id: RunIdOption = None,
+    force_full: ForceFullOption = False,
+    allow_mass_delete: AllowMassDeleteOption = False,
+) -> None:
+    """Phase 1: list the catalog, classify tables, write the run's batches. Prints the run id."""
+    from metatide.extractor.phases.plan import plan as plan_phase
+    from metatide.extractor.phases.plan import plan_result
+    from metatide.extractor.sources import open_source
+    from metatide.extractor.storage import open_store
+
+    async def work() -> str:
+        spec = _load_spec(config, force_full, allow_mass_delete)
+        with _workdir() as workdir:
+            document = await plan_phase(
+                spec, open_store(spec), open_source(spec), workdir, _optional_run_id(run_id), _progress()
+            )
+        return plan_result(document)
+
+    _execute(work)
+
+
+@app.command()
+def columns(
+    config: ConfigOption = None,
+    run_id: RunIdOption = None,
+    batch: Annotated[
+        int | None,
+        typer.Option("--batch", help="Batch index. Default: JOB_COMPLETION_INDEX (Indexed Job)."),
+    ] = None,
+) -> None:
+    """Phase 2: extract the columns of one batch of tables."""
+    from metatide.extractor.phases.columns import extract_batch
+    from metatide.extractor.sources import open_source
+    from metatide.extractor.storage import open_store
+
+    async def work() -> str:
+        spec = _load_spec(config)
+        index = _batch_index(batch)
+        run = _required_run_id(run_id)
+        result = await extract_batch(open_store(spec), open_source(spec), run, index)
+        return result.to_json()
+
+    _execute(work)
+
+
+def _batch_index(batch: int | None) -> int:
+    if batch is not None:
+        return batch
+    value = os.environ.get("JOB_COMPLETION_INDEX")
+    if value is None:
+        raise SpecError("no batch index: pass --batch N or set JOB_COMPLETION_INDEX")
+    try:
+        return int(value)
+    except ValueError:
+        raise SpecError(f"JOB_COMPLETION_INDEX must be an integer, got {value!r}") from None
+
+
+@app.command()
+def finalize(
+    config: ConfigOption = None,
+    run_id: RunIdOption = None,
+    allow_mass_delete: AllowMassDeleteOption = False,
+) -> None:
+    """Phase 3: verify batches, build state and diff, commit the manifest, write marker.txt."""
+    from metatide.extractor.phases.finalize import finalize as finalize_phase
+    from metatide.extractor.phases.finalize import finalize_result
+    from metatide.extractor.storage import open_store
+
+    async def work() -> str:
+        spec = _load_spec(config, allow_mass_delete=allow_mass_delete)
+        run = _required_run_id(run_id)
+        with _workdir() as workdir:
+            summary = await finalize_phase(spec, open_store(spec), workdir, run, _progress())
+        return finalize_result(summary)
+
+    _execute(work)
+
+
+@app.command()
+def run(
+    config: ConfigOption = None,
+    run_id: RunIdOption = None,
+    force_full: ForceFullOption = False,
+    allow_mass_delete: AllowMassDeleteOption = False,
+) -> None:
+    """All three phases in this process, column batches in parallel."""
+    from metatide.extractor.phases.finalize import finalize_result
+    from metatide.extractor.phases.run import run as run_all
+    from metatide.extractor.storage import open_store
+
+    async def work() -> str:
+        spec = _load_spec(config, force_full, allow_mass_delete)
+        with _workdir() as workdir:
+            summary = await run_all(spec, open_store(spec), workdir, _optional_run_id(run_id), _progress())
+        return finalize_result(summary)
+
+    _execute(work)
+
+
+@app.command()
+def demo(
+    keep: Annotated[
+        Path | None, typer.Option("--keep", help="Keep the demo's files in this folder.")
+    ] = None,
+) -> None:
+    """Run twice on a generated SQLite database with DDL changes between, and print the diff."""
+    from metatide.extractor.demo import run_demo
+
+    logs.configure(os.environ.get("METATIDE_LOG_LEVEL", "WARNING"))
+    try:
+        run_demo(keep)
+    except MetatideError as exc:
+        typer.echo(f"demo failed: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
 def main() -> None:
-    print("hi")
+    """Console-script entry point."""
+    app()

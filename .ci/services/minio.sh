@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Throwaway MinIO (S3-compatible) server for metatide's tests.
+#
+# Usage: .ci/services/minio.sh {build|start|stop|status|env}
+#   build   compile the pinned MinIO release from the Go module proxy (cached per version)
+#   start   build if needed, start on 127.0.0.1:$METATIDE_S3_PORT, wait for /minio/health/live
+#   stop    stop the server this script started (pid file), nothing else
+#   status  exit 0 if our server is running and healthy
+#   env     print the exports tests/services.py reads
+#
+# Settings (environment):
+#   METATIDE_S3_PORT          S3 API port, default 59000
+#   METATIDE_S3_CONSOLE_PORT  web console port, default 59001
+#   METATIDE_S3_DIR           state dir, default /tmp/metatide-minio
+#                             (objects in data/, plus minio.pid and minio.log)
+#   METATIDE_CACHE_DIR        default ~/.cache/metatide (binary + shared Go caches)
+set -euo pipefail
+
+# MinIO's release tags (RELEASE.<date>) are not semver, so the module proxy only knows
+# them as pseudo-versions. This is RELEASE.2025-09-07T16-13-09Z (commit 07c3a429bfed), the
+# newest release the proxy serves: RELEASE.2025-10-15T17-29-55Z answers 403 there, and it
+# only changed docs on top of this one.
+readonly MINIO_MODULE="github.com/minio/minio"
+readonly MINIO_VERSION="v0.0.0-20250907161309-07c3a429bfed"
+readonly MINIO_RELEASE="RELEASE.2025-09-07T16-13-09Z"
+readonly MINIO_COMMIT="07c3a429bfed433e49018cb0f78a52145d4bedeb"
+
+# Test-only credentials: the server is loopback-only and thrown away.
+readonly ROOT_USER="metatide-admin"
+readonly ROOT_PASSWORD="metatide-admin-secret"
+
+PORT="${METATIDE_S3_PORT:-59000}"
+CONSOLE_PORT="${METATIDE_S3_CONSOLE_PORT:-59001}"
+STATE_DIR="${METATIDE_S3_DIR:-/tmp/metatide-minio}"
+CACHE_DIR="${METATIDE_CACHE_DIR:-$HOME/.cache/metatide}"
+DATA_DIR="$STATE_DIR/data"
+PID_FILE="$STATE_DIR/minio.pid"
+LOG_FILE="$STATE_DIR/minio.log"
+BIN_DIR="$CACHE_DIR/minio/$MINIO_VERSION"
+BIN="$BIN_DIR/minio"
+
+log() { printf 'minio.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+find_go() {
+    # A fresh shell (CI) may not have /usr/local/go/bin on PATH.
+    if command -v go >/dev/null 2>&1; then
+        command -v go
+    elif [[ -x /usr/local/go/bin/go ]]; then
+        echo /usr/local/go/bin/go
+    else
+        die "no Go toolchain found (need go >= 1.24 on PATH or /usr/local/go/bin/go)"
+    fi
+}
+
+cmd_build() {
+    if [[ -x "$BIN" ]]; then
+        log "cached: $BIN"
+        return 0
+    fi
+    mkdir -p "$BIN_DIR"
+    # Serialise concurrent builds (e.g. two CI steps) of the same version.
+    exec 9>"$BIN_DIR/.lock"
+    flock 9
+    if [[ -x "$BIN" ]]; then
+        log "cached: $BIN"
+        return 0
+    fi
+    local go_bin tmp_bin start end
+    go_bin="$(find_go)"
+    tmp_bin="$(mktemp -d "$BIN_DIR/.build.XXXXXX")"
+    log "building $MINIO_MODULE@$MINIO_VERSION ($MINIO_RELEASE) with $("$go_bin" version)"
+    start=$(date +%s)
+    # GOTOOLCHAIN=local: never download a toolchain (only the module proxy is reachable).
+    # Caches live under $CACHE_DIR/go so repeated builds are fast and shared with other tools.
+    # GOFLAGS is cleared so the caller's environment cannot change the build.
+    # The -X flags reproduce what MinIO's own build stamps, so `minio --version` is honest.
+    if ! env GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS= \
+        GOMODCACHE="$CACHE_DIR/go/mod" GOCACHE="$CACHE_DIR/go/build" GOBIN="$tmp_bin" \
+        "$go_bin" install -trimpath \
+        -ldflags="-s -w \
+-X github.com/minio/minio/cmd.Version=${MINIO_RELEASE#RELEASE.} \
+-X github.com/minio/minio/cmd.ReleaseTag=$MINIO_RELEASE \
+-X github.com/minio/minio/cmd.CommitID=$MINIO_COMMIT \
+-X github.com/minio/minio/cmd.ShortCommitID=${MINIO_COMMIT:0:12}" \
+        "$MINIO_MODULE@$MINIO_VERSION"; then
+        rm -rf "$tmp_bin"
+        die "go install $MINIO_MODULE@$MINIO_VERSION failed"
+    fi
+    end=$(date +%s)
+    # Rename into place last, so a half-written binary is never taken as cached.
+    mv "$tmp_bin/minio" "$BIN"
+    rm -rf "$tmp_bin"
+    log "built $BIN in $((end - start))s"
+}
+
+# Prints the pid recorded in our pid file if that process is alive and is a minio.
+our_pid() {
+    [[ -f "$PID_FILE" ]] || return 1
+    local pid
+    pid="$(cat "$PID_FILE")"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    # Guard against pid reuse after a reboot: the process must be a minio server.
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'minio server' || return 1
+    echo "$pid"
+}
+
+healthy() {
+    curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$PORT/minio/health/live" 2>/dev/null
+}
+
+cmd_start() {
+    local pid
+    if pid="$(our_pid)"; then
+        if healthy; then
+            log "already running (pid $pid) on 127.0.0.1:$PORT"
+            echo "http://127.0.0.1:$PORT"
+            return 0
+        fi
+    else
+        cmd_build
+        mkdir -p "$DATA_DIR"
+        # Do not clobber some other process on our port with a confusing bind error.
+        if healthy; then
+            die "something not started by this script already answers on 127.0.0.1:$PORT"
+        fi
+        log "starting $BIN on 127.0.0.1:$PORT (console 127.0.0.1:$CONSOLE_PORT), log $LOG_FILE"
+        # MINIO_CI_CD: allow a data dir on the root drive; no update checks or call-home
+        # (no internet here). setsid detaches it from the caller's job control and signals.
+        MINIO_ROOT_USER="$ROOT_USER" MINIO_ROOT_PASSWORD="$ROOT_PASSWORD" \
+            MINIO_CI_CD=on MINIO_UPDATE=off MINIO_CALLHOME_ENABLE=off \
+            setsid "$BIN" server --quiet \
+            --address "127.0.0.1:$PORT" --console-address "127.0.0.1:$CONSOLE_PORT" \
+            "$DATA_DIR" >>"$LOG_FILE" 2>&1 </dev/null &
+        pid=$!
+        echo "$pid" >"$PID_FILE"
+    fi
+    local i
+    for ((i = 0; i < 300; i++)); do
+        if healthy; then
+            log "ready (pid $pid)"
+            echo "http://127.0.0.1:$PORT"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    tail -n 30 "$LOG_FILE" >&2 || true
+    die "MinIO did not become healthy on 127.0.0.1:$PORT (see $LOG_FILE)"
+}
+
+cmd_stop() {
+    local pid i
+    if ! pid="$(our_pid)"; then
+        rm -f "$PID_FILE"
+        log "not running"
+        return 0
+    fi
+    kill -TERM "$pid"
+    for ((i = 0; i < 150; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "pid $pid ignored SIGTERM for 15s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$PID_FILE"
+    log "stopped (pid $pid)"
+}
+
+cmd_status() {
+    local pid
+    if pid="$(our_pid)" && healthy; then
+        log "running (pid $pid) on 127.0.0.1:$PORT"
+    else
+        log "not running"
+        return 1
+    fi
+}
+
+cmd_env() {
+    echo "export METATIDE_TEST_S3_ENDPOINT=127.0.0.1:$PORT"
+    echo "export METATIDE_TEST_S3_ACCESS_KEY=$ROOT_USER"
+    echo "export METATIDE_TEST_S3_SECRET_KEY=$ROOT_PASSWORD"
+}
+
+case "${1:-}" in
+    build) cmd_build ;;
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    *)
+        echo "usage: $0 {build|start|stop|status|env}" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,97 @@
+"""Pinned versions and on-disk locations of the local control plane.
+
+Everything that is built lives under one cache root (``~/.cache/metatide`` or
+``$METATIDE_CACHE_DIR``), keyed by version, so a fresh machine builds once and later runs reuse
+it. One running cluster keeps its state (certificates, pid files, logs, etcd data, pod
+directories) in ``$METATIDE_E2E_DIR`` (default ``<cache>/cluster``); ``down`` reads only that
+directory, which is how it stops exactly the processes that ``up`` started.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.36.3"
+"""k8s.io/kubernetes release; e2e/kubebuild/go.mod pins the same one (``cluster gomod`` rewrites it)."""
+
+HELM_VERSION = "v3.22.0"
+"""helm.sh/helm/v3 release, built with ``go install`` (its go.mod has no replace directives)."""
+
+NODE_NAME = "metatide-e2e"
+"""The one Node that the test kubelet registers and binds every pod to."""
+
+E2E_DIR = Path(__file__).resolve().parents[1]
+REPO_ROOT = E2E_DIR.parent
+KUBEBUILD_DIR = E2E_DIR / "kubebuild"
+GO = os.environ.get("GO", "/usr/local/go/bin/go")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the harness keeps built binaries and the state of one cluster."""
+
+    cache: Path
+    state: Path
+
+    @property
+    def go_mod_cache(self) -> Path:
+        return self.cache / "go" / "mod"
+
+    @property
+    def go_build_cache(self) -> Path:
+        return self.cache / "go" / "build"
+
+    @property
+    def kube_bin(self) -> Path:
+        """etcd, kube-apiserver, kube-controller-manager and kubectl of the pinned release."""
+        return self.cache / "bin" / f"kubernetes-{KUBERNETES_VERSION}"
+
+    @property
+    def helm_bin(self) -> Path:
+        return self.cache / "bin" / f"helm-{HELM_VERSION}"
+
+    @property
+    def kubectl(self) -> Path:
+        return self.kube_bin / "kubectl"
+
+    @property
+    def helm(self) -> Path:
+        return self.helm_bin / "helm"
+
+    @property
+    def certs(self) -> Path:
+        return self.state / "pki"
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.state / "pids"
+
+    @property
+    def etcd_data(self) -> Path:
+        return self.state / "etcd"
+
+    @property
+    def pods(self) -> Path:
+        return self.state / "pods"
+
+    @property
+    def cluster_file(self) -> Path:
+        """JSON written by ``up`` once everything is ready: ports, kubeconfig, versions."""
+        return self.state / "cluster.json"
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.state / "admin.kubeconfig"
+
+
+def layout() -> Layout:
+    """The layout for this environment (``METATIDE_CACHE_DIR``, ``METATIDE_E2E_DIR``)."""
+    cache = Path(os.environ.get("METATIDE_CACHE_DIR") or Path.home() / ".cache" / "metatide")
+    state = Path(os.environ.get("METATIDE_E2E_DIR") or cache / "cluster")
+    return Layout(cache=cache.absolute(), state=state.absolute())

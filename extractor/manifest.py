@@ -1,0 +1,129 @@
+"""The manifest: the single commit point of a connection's state.
+
+``current-state/_manifest.json`` lists every file of the committed state with its row count,
+size and SHA-256, plus the run that wrote it, its parent, and the marker. Readers read only
+files listed here, so a crash before the manifest is replaced leaves the previous state
+intact, and files of an uncommitted run are simply garbage.
+
+The document is versioned: `format_version` says how it was written and `upgrade` migrates an
+old document one version at a time (tests keep frozen fixtures of every version). A
+`content_hash` over the canonical JSON detects a damaged or hand-edited manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from metatide.extractor.errors import StateCorruptError
+from metatide.extractor.ids import ENTITIES, Entity, RunId
+
+MANIFEST_KEY: Final = "current-state/_manifest.json"
+FORMAT_VERSION: Final = 1
+
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    # version n -> n + 1; add one function per format change, never edit an old one.
+}
+
+
+class FileRef(BaseModel):
+    """One immutable state file; `bucket` is set for bucketed entities (table, column)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    rows: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bucket: int | None = Field(default=None, ge=0)
+
+
+class Manifest(BaseModel):
+    """The committed state of one connection, as of one run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int = FORMAT_VERSION
+    run_id: RunId
+    parent_run_id: RunId | None
+    marker: datetime
+    committed_at: datetime
+    bucket_count: int = Field(ge=1)
+    files: dict[Entity, list[FileRef]]
+    content_hash: str = ""
+
+    def rows(self, entity: Entity) -> int:
+        """Rows of an entity in the committed state."""
+        return sum(ref.rows for ref in self.files.get(entity, []))
+
+    def buckets(self, entity: Entity) -> dict[int, FileRef]:
+        """The files of a bucketed entity by bucket number."""
+        return {ref.bucket: ref for ref in self.files.get(entity, []) if ref.bucket is not None}
+
+    def referenced_keys(self) -> set[str]:
+        """Every key this manifest needs to stay readable."""
+        return {ref.key for refs in self.files.values() for ref in refs}
+
+    def sealed(self) -> Manifest:
+        """A copy with `content_hash` set over everything else."""
+        return self.model_copy(update={"content_hash": _content_hash(self)})
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON, as committed."""
+        return self.model_dump_json(indent=1).encode()
+
+
+def _content_hash(manifest: Manifest) -> str:
+    document = manifest.model_dump(mode="json", exclude={"content_hash"})
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def upgrade(document: dict[str, Any]) -> dict[str, Any]:
+    """Migrate a decoded manifest to the current format, one version at a time."""
+    version = document.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise StateCorruptError(f"manifest has no valid format_version (got {version!r})")
+    if version > FORMAT_VERSION:
+        raise StateCorruptError(
+            f"manifest format_version {version} was written by a newer metatide (this one reads "
+            f"up to {FORMAT_VERSION}); upgrade metatide"
+        )
+    while version < FORMAT_VERSION:
+        document = _MIGRATIONS[version](document)
+        version += 1
+        document["format_version"] = version
+    return document
+
+
+def parse_manifest(data: bytes, location: str) -> Manifest:
+    """Decode, migrate and verify a stored manifest; any doubt is a StateCorruptError."""
+    advice = "run once with forceFullExtraction: true to rebuild the state from the source"
+    try:
+        document = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StateCorruptError(f"the manifest in {location} is not JSON; {advice}") from exc
+    if not isinstance(document, dict):
+        raise StateCorruptError(f"the manifest in {location} is not a JSON object; {advice}")
+    try:
+        manifest = Manifest.model_validate(upgrade(document))
+    except ValidationError as exc:
+        raise StateCorruptError(
+            f"the manifest in {location} does not match its format: {exc.errors()[0]['msg']} at "
+            f"{'.'.join(map(str, exc.errors()[0]['loc']))}; {advice}"
+        ) from exc
+    expected = _content_hash(manifest)
+    if manifest.content_hash != expected:
+        raise StateCorruptError(
+            f"the manifest in {location} fails its checksum (content_hash "
+            f"{manifest.content_hash[:12] or 'missing'}…, computed {expected[:12]}…); {advice}"
+        )
+    missing = [entity for entity in ENTITIES if entity not in manifest.files]
+    if missing:
+        raise StateCorruptError(f"the manifest in {location} lists no {missing} files; {advice}")
+    return manifest

@@ -1,0 +1,522 @@
+"""Phase 3, finalize: verify the batches, build the new state and the diff, commit.
+
+The order is the crash-safety argument. Everything is written under new keys first (state
+files named by this run, the diff, the summary); then the manifest is swapped in one
+conditional write (the commit point); then ``marker.txt``; then garbage collection; then the
+lease is released. A crash before the swap leaves the previous state and marker untouched; a
+crash after it is completed by the next finalize of the same run, which finds its own
+manifest committed and only repeats the steps after the swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from metatide.extractor import duck
+from metatide.extractor.diff import EntityDiff, column_reasons, entity_diff, scope_reasons
+from metatide.extractor.errors import IncompleteRunError, StateConflictError, StateCorruptError
+from metatide.extractor.gc import collect_garbage
+from metatide.extractor.guard import check_mass_delete
+from metatide.extractor.ids import ENTITIES, Entity, RunId
+from metatide.extractor.lease import release_lease
+from metatide.extractor.manifest import MANIFEST_KEY, FileRef, Manifest, parse_manifest
+from metatide.extractor.marker import MARKER_KEY, format_marker
+from metatide.extractor.merge import BucketRows, new_columns, new_tables
+from metatide.extractor.progress import NoProgress, Progress
+from metatide.extractor.records import (
+    DATABASE_SCHEMA,
+    KEY_COLUMNS,
+    SCHEMA_SCHEMA,
+    SCHEMAS,
+    TABLE_KEY_SCHEMA,
+    table_to_keys,
+)
+from metatide.extractor.runfiles import (
+    BATCH_SCHEMA,
+    DELETED_TABLE_SCHEMA,
+    PLANNED_TABLE_SCHEMA,
+    PlanDocument,
+    batch_request_key,
+    batch_result_key,
+    diff_key,
+    history_manifest_key,
+    plan_key,
+    read_plan,
+    read_table,
+    summary_key,
+)
+from metatide.extractor.scope import Scope
+from metatide.extractor.spec import ExtractionSpec
+from metatide.extractor.state import (
+    describe,
+    encode_parquet,
+    fetch_verified,
+    state_key,
+    write_state_file,
+)
+from metatide.extractor.storage import KeyNotFoundError, Store, StoredObject
+
+
+@dataclass(frozen=True, slots=True)
+class Parent:
+    """The state this run builds on: its manifest (None on a first run) and store version."""
+
+    manifest: Manifest | None
+    version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunInputs:
+    """Plan outputs and batch results, checked for completeness."""
+
+    plan: PlanDocument
+    planned: pa.Table
+    deleted: pa.Table
+    fresh: pa.Table
+    databases: pa.Table
+    schemas: pa.Table
+
+
+async def finalize(
+    spec: ExtractionSpec,
+    store: Store,
+    workdir: Path,
+    run_id: RunId,
+    progress: Progress | None = None,
+    extra_durations: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Commit a run and return its summary (also stored as runs/{run_id}/summary.json)."""
+    progress = progress or NoProgress()
+    started = time.monotonic()
+    plan = await read_plan(store, run_id)
+    stored = await _stored_manifest(store)
+    committed_already = _committed_by(stored, run_id)
+    if committed_already is not None:
+        return await _complete_commit(spec, store, committed_already, None, plan)
+    parent = _parent_of(plan, stored, store.location)
+    inputs = await _read_inputs(store, plan, progress)
+    check_mass_delete(
+        parent.manifest.rows("table") if parent.manifest else 0,
+        inputs.planned.num_rows,
+        inputs.deleted.num_rows,
+        spec.mass_delete_guard,
+    )
+    connection = duck.connect(spec.duckdb)
+    try:
+        built = await _build(spec, store, workdir, run_id, parent, inputs, connection, progress)
+    finally:
+        connection.close()
+    durations = {"plan": plan.duration_seconds, **(extra_durations or {})}
+    durations["finalize"] = time.monotonic() - started
+    summary = _summary(plan, inputs, built, durations)
+    await _write_diff(spec, store, run_id, built.diffs)
+    await store.put(summary_key(run_id), json.dumps(summary, indent=1, sort_keys=True).encode())
+    await store.put(history_manifest_key(run_id), built.manifest.to_bytes())
+    await _commit(store, built.manifest, parent)
+    return await _complete_commit(spec, store, built.manifest, parent.manifest, plan)
+
+
+async def _stored_manifest(store: Store) -> StoredObject | None:
+    try:
+        return await store.get(MANIFEST_KEY)
+    except KeyNotFoundError:
+        return None
+
+
+def _committed_by(stored: StoredObject | None, run_id: RunId) -> Manifest | None:
+    """The committed manifest if this very run committed it (a finalize retried after the swap)."""
+    if stored is None:
+        return None
+    try:
+        manifest = parse_manifest(stored.data, "")
+    except StateCorruptError:
+        return None
+    return manifest if manifest.run_id == run_id else None
+
+
+def _parent_of(plan: PlanDocument, stored: StoredObject | None, location: str) -> Parent:
+    """The state plan built on, which must still be the committed one."""
+    if plan.parent_run_id is None:
+        if stored is not None and _parses(stored):
+            raise StateConflictError(
+                f"run {plan.run_id} planned a full extraction without a readable state, but "
+                f"{location} now holds a committed state; start a new run"
+            )
+        return Parent(None, stored.version if stored else None)
+    if stored is None:
+        raise StateConflictError(
+            f"run {plan.run_id} planned on top of run {plan.parent_run_id}, but {location} has no "
+            "committed state any more; start a new run"
+        )
+    manifest = parse_manifest(stored.data, location)
+    if manifest.run_id != plan.parent_run_id or manifest.content_hash != plan.parent_content_hash:
+        raise StateConflictError(
+            f"run {plan.run_id} planned on top of run {plan.parent_run_id}, but run "
+            f"{manifest.run_id} has committed since; start a new run"
+        )
+    return Parent(manifest, stored.version)
+
+
+def _parses(stored: StoredObject) -> bool:
+    try:
+        parse_manifest(stored.data, "")
+    except StateCorruptError:
+        return False
+    return True
+
+
+async def _read_inputs(store: Store, plan: PlanDocument, progress: Progress) -> RunInputs:
+    run_id = plan.run_id
+    planned = await read_table(store, plan_key(run_id, "table.parquet"), PLANNED_TABLE_SCHEMA, "plan")
+    deleted = await read_table(
+        store, plan_key(run_id, "deleted.parquet"), DELETED_TABLE_SCHEMA, "plan"
+    )
+    databases = await read_table(store, plan_key(run_id, "database.parquet"), DATABASE_SCHEMA, "plan")
+    schemas = await read_table(store, plan_key(run_id, "schema.parquet"), SCHEMA_SCHEMA, "plan")
+    fresh, gone = await _read_batches(store, plan, progress)
+    if gone:
+        planned, deleted = _drop_vanished(planned, deleted, gone)
+    return RunInputs(plan, planned, deleted, fresh, databases, schemas)
+
+
+async def _read_batches(
+    store: Store, plan: PlanDocument, progress: Progress
+) -> tuple[pa.Table, set[tuple[str, str, str]]]:
+    """All batch results, and the tables that vanished between plan and their batch."""
+    missing = []
+    results = []
+    vanished: set[tuple[str, str, str]] = set()
+    progress.start("verify batches", total=plan.batch_count)
+    for index in range(plan.batch_count):
+        try:
+            data = (await store.get(batch_result_key(plan.run_id, index))).data
+        except KeyNotFoundError:
+            missing.append(index)
+            continue
+        result = pq.read_table(io.BytesIO(data), schema=BATCH_SCHEMA)
+        request = await read_table(
+            store, batch_request_key(plan.run_id, index), TABLE_KEY_SCHEMA, "batch request"
+        )
+        present = set(table_to_keys(result.filter(pc.equal(result.column("row_kind"), "table"))))
+        vanished |= set(table_to_keys(request)) - present
+        results.append(result)
+        progress.advance("verify batches")
+    progress.finish("verify batches")
+    if missing:
+        shown = ", ".join(map(str, missing[:20])) + (" …" if len(missing) > 20 else "")
+        raise IncompleteRunError(
+            f"run {plan.run_id} lacks the column batch(es) {shown} of {plan.batch_count}; run "
+            f"`metatide columns --run-id {plan.run_id} --batch N` for each"
+        )
+    fresh = pa.concat_tables(results) if results else BATCH_SCHEMA.empty_table()
+    return fresh, vanished
+
+
+def _drop_vanished(
+    planned: pa.Table, deleted: pa.Table, vanished: set[tuple[str, str, str]]
+) -> tuple[pa.Table, pa.Table]:
+    """Tables dropped after plan listed them leave the listing and join the deletions."""
+    keys = table_to_keys(planned)
+    keep = pa.array([key not in vanished for key in keys], type=pa.bool_())
+    gone = planned.filter(pc.invert(keep))
+    extra = pa.table(
+        {
+            "database_name": gone.column("database_name"),
+            "schema_name": gone.column("schema_name"),
+            "table_name": gone.column("table_name"),
+            "reason": pa.array(["dropped"] * gone.num_rows, pa.string()),
+            "bucket": gone.column("bucket"),
+        }
+    ).cast(DELETED_TABLE_SCHEMA)
+    return planned.filter(keep), pa.concat_tables([deleted, extra])
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """The new manifest and the diff of this run."""
+
+    manifest: Manifest
+    diffs: dict[Entity, EntityDiff]
+    fresh_columns: int
+    bytes_written: int
+
+
+async def _build(
+    spec: ExtractionSpec,
+    store: Store,
+    workdir: Path,
+    run_id: RunId,
+    parent: Parent,
+    inputs: RunInputs,
+    connection: duckdb.DuckDBPyConnection,
+    progress: Progress,
+) -> Built:
+    plan = inputs.plan
+    previous = parent.manifest
+    same_buckets = previous is not None and previous.bucket_count == plan.bucket_count
+    touched = _touched_buckets(inputs, plan.bucket_count, same_buckets)
+    previous_refs = {
+        entity: _previous_refs(previous, entity, touched if same_buckets else None)
+        for entity in ENTITIES
+    }
+    paths = {
+        entity: await fetch_verified(store, previous_refs[entity], workdir) for entity in ENTITIES
+    }
+    _register(connection, inputs, touched, paths)
+    progress.start("build state", total=None)
+    tables, columns, diffs = await asyncio.to_thread(_compute, connection, spec, inputs)
+    files, written = await _write_state(store, run_id, previous, touched, same_buckets, tables, columns)
+    for entity, listing in (("database", inputs.databases), ("schema", inputs.schemas)):
+        ref, size = await _write_small(store, entity, run_id, listing, previous)
+        files[entity] = [ref]
+        written += size
+    progress.finish("build state")
+    manifest = Manifest(
+        run_id=run_id,
+        parent_run_id=previous.run_id if previous else None,
+        marker=plan.next_marker,
+        committed_at=datetime.now(UTC),
+        bucket_count=plan.bucket_count,
+        files=files,
+    ).sealed()
+    fresh_columns = int(pc.sum(pc.equal(inputs.fresh.column("row_kind"), "column")).as_py() or 0)
+    return Built(manifest, diffs, fresh_columns, written)
+
+
+def _touched_buckets(inputs: RunInputs, bucket_count: int, same_buckets: bool) -> list[int]:
+    if not same_buckets:
+        return list(range(bucket_count))
+    changed = inputs.planned.filter(inputs.planned.column("needs_columns")).column("bucket")
+    deleted = inputs.deleted.column("bucket")
+    return sorted(set(changed.to_pylist()) | set(deleted.to_pylist()))
+
+
+def _previous_refs(
+    previous: Manifest | None, entity: Entity, touched: list[int] | None
+) -> list[FileRef]:
+    if previous is None:
+        return []
+    refs = previous.files[entity]
+    if touched is None or entity not in ("table", "column"):
+        return refs
+    wanted = set(touched)
+    return [ref for ref in refs if ref.bucket in wanted]
+
+
+def _register(
+    connection: duckdb.DuckDBPyConnection,
+    inputs: RunInputs,
+    touched: list[int],
+    paths: dict[Entity, list[Path]],
+) -> None:
+    connection.register("planned", inputs.planned)
+    connection.register("fresh", inputs.fresh)
+    connection.register("touched", pa.table({"bucket": pa.array(touched, pa.int32())}))
+    connection.register("new_databases", inputs.databases)
+    connection.register("new_schemas", inputs.schemas)
+    for entity, name in (
+        ("database", "previous_databases"),
+        ("schema", "previous_schemas"),
+        ("table", "previous_tables"),
+        ("column", "previous_columns"),
+    ):
+        duck.register_files(connection, name, paths[entity], SCHEMAS[entity].empty_table())
+
+
+def _compute(
+    connection: duckdb.DuckDBPyConnection, spec: ExtractionSpec, inputs: RunInputs
+) -> tuple[BucketRows, BucketRows, dict[Entity, EntityDiff]]:
+    tables = new_tables(connection)
+    columns = new_columns(connection)
+    connection.register("new_tables", tables.rows.drop_columns(["bucket"]))
+    connection.register("new_columns", columns.rows.drop_columns(["bucket"]))
+    scope = Scope(spec.source.scope)
+    table_reasons: dict[tuple[str, ...], str] = {
+        tuple(key): reason
+        for *key, reason in zip(
+            *(inputs.deleted.column(name).to_pylist() for name in KEY_COLUMNS["table"]),
+            inputs.deleted.column("reason").to_pylist(),
+            strict=True,
+        )
+    }
+    diffs: dict[Entity, EntityDiff] = {}
+    for entity, new, previous in (
+        ("database", "new_databases", "previous_databases"),
+        ("schema", "new_schemas", "previous_schemas"),
+    ):
+        gone = connection.execute(
+            f"SELECT {', '.join(KEY_COLUMNS[entity])} FROM {previous} "
+            f"ANTI JOIN {new} USING ({', '.join(KEY_COLUMNS[entity])})"
+        ).fetchall()
+        reasons = scope_reasons(entity, [tuple(key) for key in gone], scope)
+        diffs[entity] = entity_diff(connection, entity, new, previous, reasons, "dropped")
+    diffs["table"] = entity_diff(
+        connection, "table", "new_tables", "previous_tables", table_reasons, "dropped"
+    )
+    column_diff = entity_diff(connection, "column", "new_columns", "previous_columns", {}, "dropped")
+    diffs["column"] = EntityDiff(
+        changed=column_diff.changed, deleted=column_reasons(table_reasons, column_diff.deleted)
+    )
+    return tables, columns, diffs
+
+
+async def _write_state(
+    store: Store,
+    run_id: RunId,
+    previous: Manifest | None,
+    touched: list[int],
+    same_buckets: bool,
+    tables: BucketRows,
+    columns: BucketRows,
+) -> tuple[dict[Entity, list[FileRef]], int]:
+    """Write touched buckets; keep the previous files of the others."""
+    files: dict[Entity, list[FileRef]] = {}
+    written = 0
+    rewritten = set(touched)
+    for entity, rows in (("table", tables), ("column", columns)):
+        kept = (
+            [ref for ref in previous.files[entity] if ref.bucket not in rewritten]
+            if previous is not None and same_buckets
+            else []
+        )
+        new = await _write_buckets(store, entity, run_id, rows)
+        written += sum(ref.bytes for ref in new)
+        files[entity] = sorted(kept + new, key=lambda ref: ref.bucket or 0)
+    return files, written
+
+
+async def _write_buckets(
+    store: Store, entity: Entity, run_id: RunId, rows: BucketRows
+) -> list[FileRef]:
+    parts = rows.split()
+    encoded = await asyncio.to_thread(
+        lambda: [(bucket, encode_parquet(part), part.num_rows) for bucket, part in parts]
+    )
+    semaphore = asyncio.Semaphore(16)
+
+    async def put(bucket: int, data: bytes, count: int) -> FileRef:
+        ref = describe(state_key(entity, run_id, bucket), data, count, bucket)
+        async with semaphore:
+            await store.put(ref.key, data)
+        return ref
+
+    return list(await asyncio.gather(*(put(*item) for item in encoded)))
+
+
+async def _write_small(
+    store: Store, entity: Entity, run_id: RunId, listing: pa.Table, previous: Manifest | None
+) -> tuple[FileRef, int]:
+    """Databases and schemas are one file each, rewritten only when their content changed."""
+    data = encode_parquet(listing.cast(SCHEMAS[entity]))
+    if previous is not None:
+        for ref in previous.files[entity]:
+            if describe(ref.key, data, listing.num_rows).sha256 == ref.sha256:
+                return ref, 0
+    return await write_state_file(store, entity, run_id, listing), len(data)
+
+
+def _summary(
+    plan: PlanDocument, inputs: RunInputs, built: Built, durations: dict[str, float]
+) -> dict[str, Any]:
+    reasons = inputs.deleted.column("reason").to_pylist()
+    new_columns = built.manifest.rows("column")
+    return {
+        "run_id": plan.run_id,
+        "parent_run_id": plan.parent_run_id,
+        "full_extraction": plan.full_extraction,
+        "marker_used": plan.marker_used.isoformat(),
+        "next_marker": plan.next_marker.isoformat(),
+        "tables": {**plan.tables_by_state, "deleted": len(reasons)},
+        "tables_deleted_by_reason": {r: reasons.count(r) for r in ("dropped", "out_of_scope")},
+        "columns": {
+            "extracted": built.fresh_columns,
+            "carried_forward": new_columns - min(built.fresh_columns, new_columns),
+            "deleted": built.diffs["column"].deleted.num_rows,
+        },
+        "diff": {
+            entity: {
+                "created": diff.count("created"),
+                "updated": diff.count("updated"),
+                "deleted": diff.deleted.num_rows,
+            }
+            for entity, diff in built.diffs.items()
+        },
+        "state_rows": {entity: built.manifest.rows(entity) for entity in ENTITIES},
+        "state_bytes_written": built.bytes_written,
+        "batches": plan.batch_count,
+        "durations_seconds": {name: round(value, 3) for name, value in durations.items()},
+    }
+
+
+async def _write_diff(
+    spec: ExtractionSpec, store: Store, run_id: RunId, diffs: dict[Entity, EntityDiff]
+) -> None:
+    extension = spec.output.format
+    for entity, diff in diffs.items():
+        for table, deleted in ((diff.changed, False), (diff.deleted, True)):
+            data = encode_parquet(table) if extension == "parquet" else _jsonl(table)
+            await store.put(diff_key(run_id, entity, extension, deleted), data)
+
+
+def _jsonl(table: pa.Table) -> bytes:
+    lines = (json.dumps(row, default=str, ensure_ascii=False) for row in table.to_pylist())
+    return "".join(line + "\n" for line in lines).encode()
+
+
+async def _commit(store: Store, manifest: Manifest, parent: Parent) -> None:
+    """The commit point: swap the manifest only if it is still the one plan built on."""
+    data = manifest.to_bytes()
+    if parent.version is None:
+        swapped = await store.put_if_absent(MANIFEST_KEY, data)
+    else:
+        swapped = await store.replace_if_match(MANIFEST_KEY, data, parent.version)
+    if not swapped:
+        raise StateConflictError(
+            f"another run committed to {store.location} while run {manifest.run_id} was "
+            "finalizing; nothing of this run was committed, start a new run"
+        )
+
+
+async def _complete_commit(
+    spec: ExtractionSpec,
+    store: Store,
+    manifest: Manifest,
+    previous: Manifest | None,
+    plan: PlanDocument,
+) -> dict[str, Any]:
+    """The steps after the swap: marker.txt, garbage collection, lease release."""
+    marker = format_marker(manifest.marker, spec.marker.format)
+    await store.put(MARKER_KEY, marker.encode())
+    if previous is None and manifest.parent_run_id is not None:
+        previous = await _history_manifest(store, manifest.parent_run_id)
+    await collect_garbage(store, manifest, previous, spec.state.keep_runs)
+    await release_lease(store, plan.run_id)
+    try:
+        summary: dict[str, Any] = json.loads((await store.get(summary_key(plan.run_id))).data)
+    except KeyNotFoundError:
+        summary = {"run_id": plan.run_id}
+    return summary
+
+
+async def _history_manifest(store: Store, run_id: RunId) -> Manifest | None:
+    try:
+        return parse_manifest((await store.get(history_manifest_key(run_id))).data, store.location)
+    except (KeyNotFoundError, StateCorruptError):
+        return None
+
+
+def finalize_result(summary: dict[str, Any]) -> str:
+    """The JSON line finalize prints on stdout."""
+    return json.dumps({"phase": "finalize", **summary}, sort_keys=True, default=str)

@@ -1,0 +1,240 @@
+"""Phase 1, plan: take the lease, list the catalog, classify tables, write the run's scope.
+
+Plan reads only the cheap table listing (with fingerprints computed by the source), compares
+it with the previous state's table files, and writes under ``runs/{run_id}/plan/``: the
+listings, the deleted tables, the batches of tables whose columns must be extracted, and
+``plan.json``. Nothing under ``current-state/`` changes here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from metatide.extractor import duck
+from metatide.extractor.classify import classify_tables, deleted_tables
+from metatide.extractor.errors import StateCorruptError
+from metatide.extractor.guard import check_mass_delete
+from metatide.extractor.ids import RunId, new_run_id
+from metatide.extractor.lease import acquire_lease, release_lease
+from metatide.extractor.marker import default_marker, effective_marker, truncate_to_seconds
+from metatide.extractor.progress import NoProgress, Progress
+from metatide.extractor.records import TABLE_KEY_COLUMNS, TABLE_SCHEMA
+from metatide.extractor.runfiles import (
+    TABLE_STATES,
+    PlanDocument,
+    batch_request_key,
+    plan_key,
+    write_table,
+)
+from metatide.extractor.scope import Scope
+from metatide.extractor.sources import Source
+from metatide.extractor.spec import ExtractionSpec
+from metatide.extractor.state import (
+    Committed,
+    assign_buckets,
+    choose_bucket_count,
+    fetch_verified,
+    read_committed,
+    read_parquet_files,
+)
+from metatide.extractor.storage import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """What the source listed, already filtered to the scope."""
+
+    databases: pa.Table
+    schemas: pa.Table
+    tables: pa.Table
+
+
+async def plan(
+    spec: ExtractionSpec,
+    store: Store,
+    source: Source,
+    workdir: Path,
+    run_id: RunId | None = None,
+    progress: Progress | None = None,
+) -> PlanDocument:
+    """Plan a run and return its plan document (also stored as plan.json)."""
+    progress = progress or NoProgress()
+    run_id = run_id or new_run_id()
+    started = time.monotonic()
+    started_at = datetime.now(UTC)
+    await acquire_lease(store, run_id, spec.state.lease_seconds)
+    try:
+        committed = await (
+            _readable_or_none(store) if spec.force_full_extraction else read_committed(store)
+        )
+        async with source:
+            next_marker = truncate_to_seconds(await source.clock())
+            await _check_store_writable(store, run_id)
+            listing = await _list_catalog(spec, source, progress)
+        document = await _classify_and_write(
+            spec, store, workdir, run_id, committed, listing, next_marker, started_at
+        )
+    except BaseException:
+        await release_lease(store, run_id)
+        raise
+    final = document.model_copy(update={"duration_seconds": time.monotonic() - started})
+    await store.put(plan_key(run_id, "plan.json"), final.model_dump_json(indent=1).encode())
+    return final
+
+
+async def _readable_or_none(store: Store) -> Committed | None:
+    """With forceFullExtraction a corrupt state is ignored (it is being rebuilt), not fatal."""
+    try:
+        return await read_committed(store)
+    except StateCorruptError:
+        return None
+
+
+async def _check_store_writable(store: Store, run_id: RunId) -> None:
+    """Preflight: fail before any work if the store cannot take a write."""
+    key = plan_key(run_id, "preflight")
+    await store.put(key, b"ok")
+    await store.delete([key])
+
+
+async def _list_catalog(spec: ExtractionSpec, source: Source, progress: Progress) -> Listing:
+    scope = Scope(spec.source.scope)
+    progress.start("list catalog", total=3)
+    databases = await source.databases(scope)
+    progress.advance("list catalog")
+    names = databases.column("database_name").to_pylist()
+    schemas = scope.filter_schemas(await source.schemas(names, scope))
+    progress.advance("list catalog")
+    tables = scope.filter_tables(await source.tables(schemas, scope))
+    progress.advance("list catalog")
+    progress.finish("list catalog")
+    return Listing(databases, schemas, tables)
+
+
+async def _previous_tables(
+    store: Store, committed: Committed | None, workdir: Path
+) -> pa.Table:
+    if committed is None:
+        return TABLE_SCHEMA.empty_table()
+    paths = await fetch_verified(store, committed.manifest.files["table"], workdir)
+    return await asyncio.to_thread(read_parquet_files, paths, "table")
+
+
+async def _classify_and_write(
+    spec: ExtractionSpec,
+    store: Store,
+    workdir: Path,
+    run_id: RunId,
+    committed: Committed | None,
+    listing: Listing,
+    next_marker: datetime,
+    started_at: datetime,
+) -> PlanDocument:
+    previous = await _previous_tables(store, committed, workdir)
+    manifest = committed.manifest if committed else None
+    marker = manifest.marker if manifest else default_marker(spec.marker.default, spec.marker.format)
+    full = manifest is None or spec.force_full_extraction
+    connection = duck.connect(spec.duckdb)
+    try:
+        classified, deleted = await asyncio.to_thread(
+            _classify,
+            connection,
+            listing.tables,
+            previous,
+            effective_marker(marker, spec.marker.prepone_hours),
+            Scope(spec.source.scope),
+        )
+    finally:
+        connection.close()
+    check_mass_delete(previous.num_rows, classified.num_rows, deleted.num_rows, spec.mass_delete_guard)
+    bucket_count = choose_bucket_count(
+        classified.num_rows, spec.state.tables_per_bucket, manifest.bucket_count if manifest else None
+    )
+    planned = _with_buckets(classified, bucket_count, full)
+    deleted = deleted.set_column(
+        deleted.schema.get_field_index("bucket"), "bucket", assign_buckets(deleted, bucket_count)
+    )
+    batch_count = await _write_batches(store, run_id, planned, spec.columns.batch_size)
+    await write_table(store, plan_key(run_id, "database.parquet"), listing.databases)
+    await write_table(store, plan_key(run_id, "schema.parquet"), listing.schemas)
+    await write_table(store, plan_key(run_id, "table.parquet"), planned)
+    await write_table(store, plan_key(run_id, "deleted.parquet"), deleted)
+    states = planned.column("state").to_pylist()
+    reasons = deleted.column("reason").to_pylist()
+    return PlanDocument(
+        run_id=run_id,
+        parent_run_id=manifest.run_id if manifest else None,
+        parent_content_hash=manifest.content_hash if manifest else None,
+        full_extraction=full,
+        marker_used=marker,
+        next_marker=next_marker,
+        bucket_count=bucket_count,
+        batch_count=batch_count,
+        batch_size=spec.columns.batch_size,
+        tables_total=planned.num_rows,
+        tables_by_state={state: states.count(state) for state in TABLE_STATES},
+        tables_deleted={reason: reasons.count(reason) for reason in ("dropped", "out_of_scope")},
+        tables_to_extract=int(pc.sum(planned.column("needs_columns")).as_py() or 0),
+        started_at=started_at,
+        duration_seconds=0.0,
+    )
+
+
+def _classify(
+    connection: duckdb.DuckDBPyConnection,
+    tables: pa.Table,
+    previous: pa.Table,
+    marker: datetime,
+    scope: Scope,
+) -> tuple[pa.Table, pa.Table]:
+    classified = classify_tables(connection, tables, previous, marker)
+    return classified, deleted_tables(connection, tables, previous, scope)
+
+
+def _with_buckets(classified: pa.Table, bucket_count: int, full: bool) -> pa.Table:
+    """Add bucket and needs_columns: every table on a full run, else all but NO CHANGE."""
+    changed = pc.not_equal(classified.column("state"), "NO CHANGE")
+    needs = pa.array([True] * classified.num_rows, type=pa.bool_()) if full else changed
+    return classified.append_column(
+        pa.field("bucket", pa.int32(), nullable=False), assign_buckets(classified, bucket_count)
+    ).append_column(pa.field("needs_columns", pa.bool_(), nullable=False), needs)
+
+
+async def _write_batches(store: Store, run_id: RunId, planned: pa.Table, batch_size: int) -> int:
+    """Split the tables to extract into batch request files; returns the batch count."""
+    wanted = planned.filter(planned.column("needs_columns")).select(list(TABLE_KEY_COLUMNS))
+    count = math.ceil(wanted.num_rows / batch_size)
+    for index in range(count):
+        chunk = wanted.slice(index * batch_size, batch_size)
+        await write_table(store, batch_request_key(run_id, index), chunk)
+    return count
+
+
+def plan_result(document: PlanDocument) -> str:
+    """The JSON line plan prints on stdout (the operator reads batch_count from it)."""
+    return json.dumps(
+        {
+            "phase": "plan",
+            "run_id": document.run_id,
+            "batch_count": document.batch_count,
+            "full_extraction": document.full_extraction,
+            "tables_total": document.tables_total,
+            "tables_by_state": document.tables_by_state,
+            "tables_deleted": document.tables_deleted,
+            "tables_to_extract": document.tables_to_extract,
+            "marker_used": document.marker_used.isoformat(),
+            "next_marker": document.next_marker.isoformat(),
+            "duration_seconds": round(document.duration_seconds, 3),
+        },
+        sort_keys=True,
+    )

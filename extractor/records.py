@@ -1,0 +1,106 @@
+"""The shape of every stored row: one Arrow schema per entity, shared by sources, state and diff.
+
+Sources hand over rows in these schemas, the state stores them, the diff compares them. A
+field belongs here only if every source can fill it (or leave it null), and every field that
+a source fills must be covered by that source's table fingerprint: otherwise a change to it
+would never make a table UPDATED and the incremental state would drift from a full one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from metatide.extractor.ids import Entity, TableKey
+
+DATABASE_SCHEMA = pa.schema(
+    [
+        pa.field("database_name", pa.string(), nullable=False),
+        pa.field("comment", pa.string()),
+    ]
+)
+
+SCHEMA_SCHEMA = pa.schema(
+    [
+        pa.field("database_name", pa.string(), nullable=False),
+        pa.field("schema_name", pa.string(), nullable=False),
+        pa.field("comment", pa.string()),
+    ]
+)
+
+TABLE_SCHEMA = pa.schema(
+    [
+        pa.field("database_name", pa.string(), nullable=False),
+        pa.field("schema_name", pa.string(), nullable=False),
+        pa.field("table_name", pa.string(), nullable=False),
+        pa.field("table_type", pa.string(), nullable=False),
+        pa.field("comment", pa.string()),
+        pa.field("view_definition", pa.string()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+        pa.field("ddl_time", pa.timestamp("us", tz="UTC")),
+        pa.field("fingerprint", pa.string()),
+    ]
+)
+
+COLUMN_SCHEMA = pa.schema(
+    [
+        pa.field("database_name", pa.string(), nullable=False),
+        pa.field("schema_name", pa.string(), nullable=False),
+        pa.field("table_name", pa.string(), nullable=False),
+        pa.field("column_name", pa.string(), nullable=False),
+        pa.field("ordinal_position", pa.int32(), nullable=False),
+        pa.field("data_type", pa.string(), nullable=False),
+        pa.field("is_nullable", pa.bool_(), nullable=False),
+        pa.field("column_default", pa.string()),
+        pa.field("comment", pa.string()),
+        pa.field("is_primary_key", pa.bool_(), nullable=False),
+    ]
+)
+
+SCHEMAS: Mapping[Entity, pa.Schema] = {
+    "database": DATABASE_SCHEMA,
+    "schema": SCHEMA_SCHEMA,
+    "table": TABLE_SCHEMA,
+    "column": COLUMN_SCHEMA,
+}
+
+KEY_COLUMNS: Mapping[Entity, tuple[str, ...]] = {
+    "database": ("database_name",),
+    "schema": ("database_name", "schema_name"),
+    "table": ("database_name", "schema_name", "table_name"),
+    "column": ("database_name", "schema_name", "table_name", "column_name"),
+}
+
+TABLE_KEY_COLUMNS = KEY_COLUMNS["table"]
+
+TABLE_KEY_SCHEMA = pa.schema([TABLE_SCHEMA.field(name) for name in TABLE_KEY_COLUMNS])
+
+
+def rows_to_table(entity: Entity, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Build an Arrow table of one entity from dict rows (sources with few rows use this)."""
+    return pa.Table.from_pylist(list(rows), schema=SCHEMAS[entity])
+
+
+def tuples_to_table(entity: Entity, rows: Sequence[Sequence[Any]]) -> pa.Table:
+    """Build an Arrow table from positional rows in schema order (the fast path for drivers)."""
+    schema = SCHEMAS[entity]
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
+    return pa.Table.from_arrays(
+        [pa.array(values, type=field.type) for values, field in zip(columns, schema, strict=True)],
+        schema=schema,
+    )
+
+
+def table_keys_to_table(keys: Iterable[TableKey]) -> pa.Table:
+    """An Arrow table of (database, schema, table) keys, e.g. a column batch's request list."""
+    return pa.Table.from_pylist(
+        [dict(zip(TABLE_KEY_COLUMNS, key, strict=True)) for key in keys], schema=TABLE_KEY_SCHEMA
+    )
+
+
+def table_to_keys(table: pa.Table) -> list[TableKey]:
+    """The (database, schema, table) keys of an Arrow table, in its row order."""
+    names = [table.column(name).to_pylist() for name in TABLE_KEY_COLUMNS]
+    return list(zip(*names, strict=True))

@@ -1,0 +1,127 @@
+"""The files one run hands from phase to phase under ``runs/{run_id}/``.
+
+Plan, columns and finalize never call each other: plan writes the scope and the batch lists
+here, each columns task writes one batch file, finalize reads them all. This module names
+those keys and defines the plan document, so the hand-over has one definition.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime
+from typing import Final, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from metatide.extractor.errors import IncompleteRunError, StateCorruptError
+from metatide.extractor.ids import RunId
+from metatide.extractor.records import COLUMN_SCHEMA, TABLE_KEY_COLUMNS, TABLE_SCHEMA
+from metatide.extractor.state import encode_parquet
+from metatide.extractor.storage import KeyNotFoundError, Store
+
+TableState = Literal["CREATED", "UPDATED", "NO CHANGE", "BACKFILL"]
+TABLE_STATES: Final[tuple[TableState, ...]] = ("CREATED", "UPDATED", "NO CHANGE", "BACKFILL")
+DeleteReason = Literal["dropped", "out_of_scope"]
+
+PLAN_FORMAT_VERSION: Final = 1
+
+PLANNED_TABLE_SCHEMA = TABLE_SCHEMA.append(pa.field("state", pa.string(), nullable=False)).append(
+    pa.field("bucket", pa.int32(), nullable=False)
+).append(pa.field("needs_columns", pa.bool_(), nullable=False))
+
+DELETED_TABLE_SCHEMA = pa.schema(
+    [TABLE_SCHEMA.field(name) for name in TABLE_KEY_COLUMNS]
+    + [pa.field("reason", pa.string(), nullable=False), pa.field("bucket", pa.int32())]
+)
+
+BATCH_SCHEMA = pa.schema(
+    [COLUMN_SCHEMA.field(name) for name in TABLE_KEY_COLUMNS]
+    + [pa.field("row_kind", pa.string(), nullable=False)]
+    + [COLUMN_SCHEMA.field(name).with_nullable(True) for name in COLUMN_SCHEMA.names[3:]]
+)
+"""A batch file: one 'table' row per requested table that still exists, one 'column' row per
+column. A requested table with no 'table' row was dropped after plan listed it."""
+
+
+def run_prefix(run_id: RunId) -> str:
+    return f"runs/{run_id}/"
+
+
+def plan_key(run_id: RunId, name: str) -> str:
+    return f"runs/{run_id}/plan/{name}"
+
+
+def batch_request_key(run_id: RunId, index: int) -> str:
+    return f"runs/{run_id}/plan/batches/batch-{index:05d}.parquet"
+
+
+def batch_result_key(run_id: RunId, index: int) -> str:
+    return f"runs/{run_id}/columns/batch-{index:05d}.parquet"
+
+
+def diff_key(run_id: RunId, entity: str, extension: str, deleted: bool = False) -> str:
+    folder = f"incremental-diff/delete/{entity}" if deleted else f"incremental-diff/{entity}"
+    return f"runs/{run_id}/{folder}/part-00000.{extension}"
+
+
+def summary_key(run_id: RunId) -> str:
+    return f"runs/{run_id}/summary.json"
+
+
+def history_manifest_key(run_id: RunId) -> str:
+    return f"runs/{run_id}/manifest.json"
+
+
+class PlanDocument(BaseModel):
+    """What plan decided: read by the columns tasks, finalize and the operator."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int = PLAN_FORMAT_VERSION
+    run_id: RunId
+    parent_run_id: RunId | None
+    parent_content_hash: str | None
+    full_extraction: bool
+    marker_used: datetime
+    next_marker: datetime
+    bucket_count: int = Field(ge=1)
+    batch_count: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    tables_total: int = Field(ge=0)
+    tables_by_state: dict[str, int]
+    tables_deleted: dict[str, int]
+    tables_to_extract: int = Field(ge=0)
+    started_at: datetime
+    duration_seconds: float
+
+
+async def write_table(store: Store, key: str, table: pa.Table) -> None:
+    await store.put(key, encode_parquet(table))
+
+
+async def read_table(store: Store, key: str, schema: pa.Schema, what: str) -> pa.Table:
+    """A Parquet hand-over file; a missing one means an earlier phase did not finish."""
+    try:
+        data = (await store.get(key)).data
+    except KeyNotFoundError:
+        raise IncompleteRunError(
+            f"{what} ({key}) is missing in {store.location}; run the phase that writes it first"
+        ) from None
+    return pq.read_table(io.BytesIO(data), schema=schema)
+
+
+async def read_plan(store: Store, run_id: RunId) -> PlanDocument:
+    """The plan of a run; a missing plan means `metatide plan` did not finish for it."""
+    key = plan_key(run_id, "plan.json")
+    try:
+        data = (await store.get(key)).data
+    except KeyNotFoundError:
+        raise IncompleteRunError(
+            f"run {run_id} has no plan in {store.location}; run `metatide plan --run-id {run_id}`"
+        ) from None
+    try:
+        return PlanDocument.model_validate_json(data)
+    except ValidationError as exc:
+        raise StateCorruptError(f"the plan of run {run_id} ({key}) is unreadable: {exc}") from exc

@@ -1,0 +1,572 @@
+"""PostgreSQL through asyncpg: databases, schemas, tables and columns read from pg_catalog.
+
+The engine calls this adapter through the `Source` protocol (plan lists tables, the column
+batches read columns). PostgreSQL keeps no DDL times, so `tables()` returns a fingerprint per
+relation computed inside the server: sha256 over a JSON array of the relation's kind, comment
+and view definition and, per column in attnum order, exactly the fields `columns()` returns.
+Both queries take the column fields from the same SQL fragment (`_COLUMN_FIELDS`), so a change
+to any returned field changes the fingerprint and makes the table UPDATED; a run where nothing
+changed moves one short row per table over the network. JSON quoting keeps names with commas,
+quotes or braces from colliding.
+
+Choices worth knowing:
+- Relations of kind table, partitioned table, view, materialized view and foreign table are
+  listed, partitions included (they are relations users query directly). Sequences, indexes,
+  composite types and TOAST tables are not. System schemas (pg_catalog, information_schema,
+  pg_toast, pg_temp_N, pg_toast_temp_N) are left out.
+- Every read runs in a read-only REPEATABLE READ transaction that first pins search_path to
+  '' and the output styles (DateStyle, IntervalStyle, extra_float_digits, bytea_output) with
+  SET LOCAL semantics: `format_type`, `pg_get_expr` and `pg_get_viewdef` print
+  schema-qualified names and constants the same way whatever the role's settings are, so
+  fingerprints do not flip between sessions. (Per transaction rather than as startup
+  parameters, so connection poolers such as PgBouncer accept it.)
+- Names are only ever bound as parameters (`text[]` arrays), never pasted into SQL.
+- One connection per database, opened lazily; at most `_IDLE_CONNECTIONS` stay open, the
+  least recently used one is closed beyond that. Calls on the same database take turns
+  (asyncpg runs one query per connection at a time); different databases proceed in parallel.
+- A database that disappears after it was listed is skipped by `schemas()` and `tables()`,
+  and its tables are reported absent by `columns()`; the DSN's own database or one named in
+  `spec.databases` that does not exist is an `UnknownDatabaseError` (terminal).
+- Driver errors are translated in one place (`_translate`, applied by `_driver_errors`):
+  unreachable or overloaded servers are `SourceUnavailableError` (retryable; connection
+  attempts are also retried a few times with a short backoff), refused logins and missing
+  privileges `CredentialsError`, a bad DSN `SpecError`. Messages name host:port, database and
+  user and never contain the password or the DSN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import asyncpg  # type: ignore[import-untyped,unused-ignore]
+import pyarrow as pa
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from metatide.extractor.errors import (
+    CredentialsError,
+    MetatideError,
+    SourceUnavailableError,
+    SpecError,
+)
+from metatide.extractor.ids import TableKey
+from metatide.extractor.records import COLUMN_SCHEMA, TABLE_SCHEMA, rows_to_table
+from metatide.extractor.scope import Scope
+from metatide.extractor.sources.base import ColumnsResult
+from metatide.extractor.spec import PostgresSourceSpec
+
+_IDLE_CONNECTIONS: Final = 4
+_CONNECT_ATTEMPTS: Final = 3
+_COLUMN_CHUNK_ROWS: Final = 50_000
+_CLOSE_TIMEOUT_S: Final = 5.0
+_APPLICATION_NAME: Final = "metatide"
+
+_T = TypeVar("_T")
+
+# Deterministic output of format_type / pg_get_expr / pg_get_viewdef, see the module docstring.
+_PIN_SETTINGS = """
+SELECT pg_catalog.set_config('search_path', '', true),
+       pg_catalog.set_config('DateStyle', 'ISO, YMD', true),
+       pg_catalog.set_config('IntervalStyle', 'postgres', true),
+       pg_catalog.set_config('extra_float_digits', '1', true),
+       pg_catalog.set_config('bytea_output', 'hex', true),
+       pg_catalog.set_config('TimeZone', 'UTC', true)
+"""
+
+_CLOCK = "SELECT pg_catalog.statement_timestamp()"
+
+_CURRENT_DATABASE = "SELECT pg_catalog.current_database()"
+
+_DATABASES = """
+SELECT d.datname, sd.description
+FROM pg_catalog.pg_database AS d
+LEFT JOIN pg_catalog.pg_shdescription AS sd
+       ON sd.objoid = d.oid AND sd.classoid = 'pg_catalog.pg_database'::pg_catalog.regclass
+WHERE CASE WHEN $1::text[] IS NULL THEN d.datallowconn AND NOT d.datistemplate
+           ELSE d.datname = ANY($1::text[]) END
+"""
+
+_SCHEMAS = r"""
+SELECT n.nspname, pg_catalog.obj_description(n.oid, 'pg_namespace')
+FROM pg_catalog.pg_namespace AS n
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+  AND n.nspname NOT LIKE 'pg\_temp\_%'
+  AND n.nspname NOT LIKE 'pg\_toast\_temp\_%'
+ORDER BY n.nspname COLLATE "C"
+"""
+
+# The fields of one column, shared by the fingerprint and by columns(). Needs `a`
+# (pg_attribute) and the joins below; the order is COLUMN_SCHEMA's from column_name on.
+_COLUMN_FIELDS = """
+    a.attname,
+    a.attnum::int4,
+    pg_catalog.format_type(a.atttypid, a.atttypmod),
+    NOT a.attnotnull,
+    pg_catalog.pg_get_expr(ad.adbin, ad.adrelid),
+    cd.description,
+    pk.indrelid IS NOT NULL
+"""
+
+_COLUMN_JOINS = """
+LEFT JOIN pg_catalog.pg_attrdef AS ad
+       ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+LEFT JOIN pg_catalog.pg_description AS cd
+       ON cd.objoid = a.attrelid AND cd.objsubid = a.attnum
+      AND cd.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass
+LEFT JOIN pg_catalog.pg_index AS pk
+       ON pk.indrelid = a.attrelid AND pk.indisprimary AND a.attnum = ANY(pk.indkey)
+"""
+
+_USER_COLUMNS = "a.attnum > 0 AND NOT a.attisdropped"
+
+_RELKINDS = "('r', 'p', 'v', 'm', 'f')"
+
+# One row per relation of the given schemas; columns are aggregated per relation in one
+# GROUP BY over pg_attribute (no per-table subquery), then hashed with the table fields.
+_TABLES = f"""
+WITH rel AS (
+    SELECT c.oid, n.nspname, c.relname, c.relkind
+    FROM pg_catalog.pg_class AS c
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE n.nspname = ANY($1::text[]) AND c.relkind IN {_RELKINDS}
+), cols AS (
+    SELECT a.attrelid,
+           pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array({_COLUMN_FIELDS})
+                                ORDER BY a.attnum) AS columns
+    FROM rel
+    JOIN pg_catalog.pg_attribute AS a ON a.attrelid = rel.oid
+    {_COLUMN_JOINS}
+    WHERE {_USER_COLUMNS}
+    GROUP BY a.attrelid
+), described AS (
+    SELECT rel.nspname, rel.relname, rel.relkind, td.description AS comment,
+           CASE WHEN rel.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(rel.oid) END
+               AS view_definition,
+           COALESCE(cols.columns, '[]'::jsonb) AS columns
+    FROM rel
+    LEFT JOIN cols ON cols.attrelid = rel.oid
+    LEFT JOIN pg_catalog.pg_description AS td
+           ON td.objoid = rel.oid AND td.objsubid = 0
+          AND td.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass
+)
+SELECT nspname,
+       relname,
+       CASE relkind WHEN 'r' THEN 'TABLE' WHEN 'p' THEN 'PARTITIONED TABLE'
+                    WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                    ELSE 'FOREIGN TABLE' END,
+       comment,
+       view_definition,
+       pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(
+           pg_catalog.jsonb_build_array(relkind, comment, view_definition, columns)::text,
+           'UTF8')), 'hex')
+FROM described
+ORDER BY nspname COLLATE "C", relname COLLATE "C"
+"""
+
+# The requested relations that exist; $1 and $2 are parallel arrays of schema and table.
+_REQUESTED = f"""
+SELECT c.oid, n.nspname, c.relname
+FROM unnest($1::text[], $2::text[]) AS w(schema_name, table_name)
+JOIN pg_catalog.pg_namespace AS n ON n.nspname = w.schema_name
+JOIN pg_catalog.pg_class AS c ON c.relnamespace = n.oid AND c.relname = w.table_name
+WHERE c.relkind IN {_RELKINDS}
+"""
+
+_PRESENT = f"SELECT nspname, relname FROM ({_REQUESTED}) AS rel"
+
+_COLUMNS = f"""
+SELECT rel.nspname, rel.relname, {_COLUMN_FIELDS}
+FROM ({_REQUESTED}) AS rel
+JOIN pg_catalog.pg_attribute AS a ON a.attrelid = rel.oid
+{_COLUMN_JOINS}
+WHERE {_USER_COLUMNS}
+ORDER BY rel.nspname COLLATE "C", rel.relname COLLATE "C", a.attnum
+"""
+
+_CREDENTIAL_ERRORS = (
+    asyncpg.InvalidAuthorizationSpecificationError,  # includes InvalidPasswordError
+    asyncpg.InsufficientPrivilegeError,
+)
+_TRANSIENT_ERRORS = (
+    OSError,  # refused, unreachable, reset; includes ConnectionError
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # includes ConnectionDoesNotExistError
+    asyncpg.OperatorInterventionError,  # CannotConnectNow, AdminShutdown, QueryCanceled
+    asyncpg.InsufficientResourcesError,  # includes TooManyConnectionsError
+    asyncpg.TransactionRollbackError,  # serialization failure, deadlock
+)
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+class UnknownDatabaseError(SpecError):
+    """The DSN or `source.databases` names a database the server does not have."""
+
+    def __init__(self, message: str, database: str) -> None:
+        super().__init__(message)
+        self.database = database
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where the DSN points, for messages: host:port, user, database; never the password."""
+
+    hosts: str
+    user: str | None
+    database: str | None
+
+    @classmethod
+    def parse(cls, dsn: str, env: str) -> _Target:
+        parts = urlsplit(dsn)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise SpecError(
+                f"the source DSN in ${env} must be a URI like "
+                f"postgresql://user@host:5432/dbname, not a {parts.scheme or 'scheme-less'} "
+                "string; fix the value of that variable"
+            )
+        userinfo, _, hostspec = parts.netloc.rpartition("@")
+        query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+        hostspec = unquote(hostspec) or query.get("host", "localhost")
+        if ":" not in hostspec.rsplit("]", 1)[-1] and not hostspec.startswith("/"):
+            hostspec = f"{hostspec}:{query.get('port', '5432')}"
+        user = unquote(userinfo.partition(":")[0]) or query.get("user")
+        database = unquote(parts.path.lstrip("/")) or query.get("dbname")
+        return cls(hosts=hostspec, user=user, database=database)
+
+    def describe(self, database: str | None) -> str:
+        name = database or self.database or "(the user's default database)"
+        user = f" as user {self.user!r}" if self.user else ""
+        return f"PostgreSQL at {self.hosts}, database {name!r}{user}"
+
+
+class PostgresSource:
+    """A `Source` over one PostgreSQL server (one or many databases)."""
+
+    def __init__(self, spec: PostgresSourceSpec) -> None:
+        self._spec = spec
+        self._dsn: str | None = None
+        self._password: str | None = None
+        self._target = _Target(hosts="?", user=None, database=None)
+        self._home: str | None = None
+        self._home_lock = asyncio.Lock()
+        self._open: OrderedDict[str, Any] = OrderedDict()
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def __aenter__(self) -> Self:
+        self._dsn = self._spec.dsn_from.resolve("the source DSN")
+        self._target = _Target.parse(self._dsn, self._spec.dsn_from.env)
+        if self._spec.password_from is not None:
+            self._password = self._spec.password_from.resolve("the source password")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        connections = list(self._open.values())
+        self._open.clear()
+        await asyncio.gather(*(_close(conn) for conn in connections))
+
+    # -- the Source protocol -------------------------------------------------------------
+
+    async def clock(self) -> datetime:
+        async with self._session(await self._home_database()) as conn:
+            moment: datetime = await conn.fetchval(_CLOCK)
+        return moment.astimezone(UTC)
+
+    async def databases(self, scope: Scope) -> pa.Table:
+        wanted = list(dict.fromkeys(self._spec.databases)) or None
+        async with self._session(await self._home_database()) as conn:
+            rows = await conn.fetch(_DATABASES, wanted)
+        found = {row[0]: row[1] for row in rows}
+        missing = [name for name in wanted or () if name not in found]
+        if missing:
+            raise UnknownDatabaseError(
+                f"source.databases names {missing!r}, but PostgreSQL at {self._target.hosts} "
+                "has no database of that name. Fix source.databases (names are "
+                "case-sensitive) or create the database",
+                missing[0],
+            )
+        rows_out = [
+            {"database_name": name, "comment": found[name]}
+            for name in sorted(found)
+            if scope.database(name)
+        ]
+        return rows_to_table("database", rows_out)
+
+    async def schemas(self, databases: Sequence[str], scope: Scope) -> pa.Table:
+        rows: list[dict[str, Any]] = []
+        for database in sorted(set(databases)):
+            if not scope.database(database):
+                continue
+            try:
+                async with self._session(database) as conn:
+                    listed = await self._read(conn, lambda c: c.fetch(_SCHEMAS))
+            except UnknownDatabaseError:
+                continue  # dropped since it was listed
+            rows.extend(
+                {"database_name": database, "schema_name": name, "comment": comment}
+                for name, comment in listed
+                if scope.schema(database, name)
+            )
+        return rows_to_table("schema", rows)
+
+    async def tables(self, schemas: pa.Table, scope: Scope) -> pa.Table:
+        per_database: defaultdict[str, list[str]] = defaultdict(list)
+        for database, schema in zip(
+            schemas.column("database_name").to_pylist(),
+            schemas.column("schema_name").to_pylist(),
+            strict=True,
+        ):
+            per_database[database].append(schema)
+        parts = [TABLE_SCHEMA.empty_table()]
+        for database in sorted(per_database):
+            try:
+                parts.append(await self._tables_of(database, per_database[database]))
+            except UnknownDatabaseError:
+                continue  # dropped since it was listed
+        return scope.filter_tables(pa.concat_tables(parts))
+
+    async def columns(self, tables: Sequence[TableKey]) -> ColumnsResult:
+        per_database: defaultdict[str, dict[tuple[str, str], None]] = defaultdict(dict)
+        for database, schema, table in tables:
+            per_database[database][(schema, table)] = None  # ordered and deduplicated
+        parts = [COLUMN_SCHEMA.empty_table()]
+        present: set[TableKey] = set()
+        for database in sorted(per_database):
+            try:
+                found, columns = await self._columns_of(
+                    database, list(per_database[database])
+                )
+            except UnknownDatabaseError:
+                continue  # dropped: none of its tables is present
+            present.update((database, schema, table) for schema, table in found)
+            parts.append(columns)
+        return ColumnsResult(
+            columns=pa.concat_tables(parts).combine_chunks(), present=frozenset(present)
+        )
+
+    # -- queries -------------------------------------------------------------------------
+
+    async def _tables_of(self, database: str, schemas: list[str]) -> pa.Table:
+        async with self._session(database) as conn:
+            rows = await self._read(conn, lambda c: c.fetch(_TABLES, schemas))
+        fields = list(zip(*rows, strict=True)) if rows else [()] * 6
+        schema_names, table_names, types, comments, definitions, fingerprints = fields
+        count = len(rows)
+        arrays = [
+            [database] * count,
+            schema_names,
+            table_names,
+            types,
+            comments,
+            definitions,
+            [None] * count,  # created_at: PostgreSQL keeps no DDL times
+            [None] * count,  # ddl_time
+            fingerprints,
+        ]
+        return pa.Table.from_arrays(
+            [
+                pa.array(values, type=f.type)
+                for values, f in zip(arrays, TABLE_SCHEMA, strict=True)
+            ],
+            schema=TABLE_SCHEMA,
+        )
+
+    async def _columns_of(
+        self, database: str, wanted: list[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str]], pa.Table]:
+        schema_names = [schema for schema, _ in wanted]
+        table_names = [table for _, table in wanted]
+
+        async def read(conn: Any) -> tuple[list[tuple[str, str]], pa.Table]:
+            present = [
+                (r[0], r[1])
+                for r in await conn.fetch(_PRESENT, schema_names, table_names)
+            ]
+            cursor = await conn.cursor(_COLUMNS, schema_names, table_names)
+            batches = [COLUMN_SCHEMA.empty_table()]
+            while records := await cursor.fetch(_COLUMN_CHUNK_ROWS):
+                batches.append(_column_batch(database, records))
+            return present, pa.concat_tables(batches)
+
+        async with self._session(database) as conn:
+            return await self._read(conn, read)
+
+    async def _read(self, conn: Any, work: Callable[[Any], Awaitable[_T]]) -> _T:
+        """Run `work(conn)` in a read-only snapshot with the output settings pinned."""
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            await conn.execute(_PIN_SETTINGS)
+            return await work(conn)
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def _home_database(self) -> str:
+        """The name of the DSN's database, connecting once to learn it."""
+        async with self._home_lock:
+            if self._home is None:
+                conn = await self._connect(None)
+                try:
+                    with self._driver_errors(None):
+                        name: str = await conn.fetchval(_CURRENT_DATABASE)
+                except BaseException:
+                    await _close(conn)
+                    raise
+                self._home = name
+                if name in self._open:  # someone named it explicitly meanwhile
+                    await _close(conn)
+                else:
+                    self._open[name] = conn
+            return self._home
+
+    @asynccontextmanager
+    async def _session(self, database: str) -> AsyncIterator[Any]:
+        """The database's connection, for one caller at a time; errors leave translated."""
+        if self._dsn is None:
+            raise RuntimeError("use the source as `async with` before calling it")
+        async with self._locks[database]:
+            conn = self._open.pop(database, None)
+            if conn is None or conn.is_closed():
+                conn = await self._connect(database)
+            self._open[database] = conn  # most recently used last
+            try:
+                with self._driver_errors(database):
+                    yield conn
+            except SourceUnavailableError:
+                self._open.pop(database, None)
+                await _close(conn)
+                raise
+        await self._close_idle()
+
+    async def _close_idle(self) -> None:
+        for name in list(self._open):
+            if len(self._open) <= _IDLE_CONNECTIONS:
+                return
+            conn = None if self._locks[name].locked() else self._open.pop(name, None)
+            if conn is not None:
+                await _close(conn)
+
+    async def _connect(self, database: str | None) -> Any:
+        """Open a connection (None: the DSN's database), retrying transient failures."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(_CONNECT_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.2, max=2.0),
+            retry=retry_if_exception(lambda exc: isinstance(exc, _TRANSIENT_ERRORS)),
+            reraise=True,
+        )
+        with self._driver_errors(database, connecting=True):
+            return await retrying(
+                asyncpg.connect,
+                self._dsn,
+                database=database,
+                password=self._password,
+                timeout=self._spec.connect_timeout_seconds,
+                server_settings={"application_name": _APPLICATION_NAME},
+            )
+
+    # -- the error boundary --------------------------------------------------------------
+
+    @contextmanager
+    def _driver_errors(
+        self, database: str | None, *, connecting: bool = False
+    ) -> Iterator[None]:
+        """Translate driver exceptions raised inside into metatide's (the one boundary)."""
+        try:
+            yield
+        except _DRIVER_ERRORS as exc:
+            error = self._translate(exc, database, connecting=connecting)
+            if self._reveals_secret(exc):
+                raise error from None
+            raise error from exc
+
+    def _translate(
+        self, exc: BaseException, database: str | None, *, connecting: bool
+    ) -> MetatideError:
+        where = self._target.describe(database)
+        name = database or self._target.database or "(default)"
+        reason = self._scrub(f"{type(exc).__name__}: {exc}".rstrip(": "))
+        env = self._spec.dsn_from.env
+        if isinstance(exc, asyncpg.InvalidCatalogNameError):
+            return UnknownDatabaseError(
+                f"{where}: the database {name!r} does not exist ({reason}). Fix the database "
+                f"name in ${env} or source.databases, or create the database",
+                name,
+            )
+        if isinstance(exc, _CREDENTIAL_ERRORS):
+            secret = (
+                f"${self._spec.password_from.env}"
+                if self._spec.password_from
+                else f"${env}"
+            )
+            return CredentialsError(
+                f"{where} refused the login or the access ({reason}). Check the user and "
+                f"password in {secret} and that the user may connect to and read the "
+                "database's catalog"
+            )
+        if isinstance(exc, _TRANSIENT_ERRORS):
+            verb = (
+                "cannot connect to" if connecting else "reading the catalog failed on"
+            )
+            return SourceUnavailableError(
+                f"{verb} {where} ({reason}"
+                f"{f', timeout {self._spec.connect_timeout_seconds:g}s' if connecting else ''})."
+                " Check that the server is running and reachable from here, then retry"
+            )
+        if isinstance(exc, asyncpg.ClientConfigurationError):
+            return SpecError(
+                f"the source DSN in ${env} is invalid ({reason}); fix that variable"
+            )
+        return MetatideError(f"{where}: unexpected driver error ({reason})")
+
+    def _secrets(self) -> list[str]:
+        found = [self._password, self._dsn]
+        if self._dsn is not None:
+            userinfo = urlsplit(self._dsn).netloc.rpartition("@")[0]
+            password = userinfo.partition(":")[2]
+            found += [password, unquote(password)]
+            found += parse_qs(urlsplit(self._dsn).query).get("password", [])
+        return [secret for secret in found if secret]
+
+    def _reveals_secret(self, exc: BaseException) -> bool:
+        text = f"{exc}\n{exc!r}"
+        return any(secret in text for secret in self._secrets())
+
+    def _scrub(self, text: str) -> str:
+        for secret in sorted(self._secrets(), key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+
+def _column_batch(database: str, records: Sequence[Any]) -> pa.Table:
+    """One chunk of column records (schema, table, then `_COLUMN_FIELDS`) as an Arrow table."""
+    fields = list(zip(*records, strict=True))
+    arrays = [pa.array([database] * len(records), type=pa.string())]
+    arrays += [
+        pa.array(values, type=field.type)
+        for values, field in zip(fields, COLUMN_SCHEMA.remove(0), strict=True)
+    ]
+    return pa.Table.from_arrays(arrays, schema=COLUMN_SCHEMA)
+
+
+async def _close(conn: Any) -> None:
+    """Close a connection, without waiting long on a server that no longer answers."""
+    try:
+        await asyncio.wait_for(conn.close(), timeout=_CLOSE_TIMEOUT_S)
+    except (*_DRIVER_ERRORS, RuntimeError):
+        conn.terminate()
+    except asyncio.CancelledError:
+        conn.terminate()
+        raise

@@ -1,0 +1,337 @@
+"""`ExtractionSpec`: the one definition of what an extraction does.
+
+The same model is the config file of ``metatide run`` (YAML or JSON), the ``spec`` of the
+``IncrementalExtraction`` custom resource (the CRD schema is generated from it, so every field
+carries a description and a default), and the input each phase Job receives. Field names are
+camelCase on the wire, like every Kubernetes resource; snake_case is accepted too.
+
+Secrets never appear in the spec: it names where they come from (an environment variable
+locally; the operator fills that variable from a Kubernetes Secret key).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from metatide.extractor.errors import CredentialsError, SpecError
+
+SEED_PREFIX_TEMPLATE = "persistent-artifacts/apps/{application_name}/connection/{connection_id}"
+SEED_MARKER_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+SEED_DEFAULT_MARKER = "1970-01-01T00:00:00Z"
+SEED_MAX_CONCURRENT_COLUMN_BATCHES = 3
+SEED_COLUMN_BATCH_SIZE = 25_000
+SEED_DUCKDB_MEMORY_LIMIT = "2GB"
+SEED_DUCKDB_TEMP_DIRECTORY = "/tmp/metatide/duckdb"
+
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+_ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class _Model(BaseModel):
+    """Strict camelCase model: an unknown field is an error that names the field."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+
+class SecretKeyRef(_Model):
+    """A key of a Kubernetes Secret (used by the operator only)."""
+
+    name: str = Field(min_length=1, description="Name of the Secret in the resource's namespace.")
+    key: str = Field(min_length=1, description="Key within the Secret.")
+
+
+class SecretRef(_Model):
+    """Where a secret value comes from: an environment variable, filled from a Secret on Kubernetes."""
+
+    env: str = Field(
+        pattern=_ENV_PATTERN,
+        description="Environment variable that holds the value when a phase runs.",
+    )
+    secret_key_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Kubernetes Secret key the operator injects into `env` for every Job pod.",
+    )
+
+    def resolve(self, what: str) -> str:
+        """The secret's value; the error names the variable, never a value."""
+        value = os.environ.get(self.env)
+        if not value:
+            raise CredentialsError(
+                f"{what} is read from the environment variable {self.env}, which is not set; "
+                f"export {self.env}=... (or set secretKeyRef on Kubernetes)"
+            )
+        return value
+
+
+class ScopeRule(_Model):
+    """A glob per level; a table matches when all three match (fnmatch, case-sensitive)."""
+
+    database: str = Field(default="*", min_length=1, description="Glob on the database name.")
+    schema_: str = Field(
+        default="*", alias="schema", min_length=1, description="Glob on the schema name."
+    )
+    table: str = Field(default="*", min_length=1, description="Glob on the table or view name.")
+
+
+class ScopeSpec(_Model):
+    """Which databases, schemas and tables are extracted."""
+
+    include: list[ScopeRule] = Field(
+        default_factory=lambda: [ScopeRule()],
+        description="A table is in scope when it matches at least one include rule ...",
+    )
+    exclude: list[ScopeRule] = Field(
+        default_factory=list,
+        description="... and no exclude rule. An exclude rule with table '*' also drops the schema.",
+    )
+
+
+class PostgresSourceSpec(_Model):
+    """A PostgreSQL server, read through pg_catalog."""
+
+    kind: Literal["postgresql"] = "postgresql"
+    dsn_from: SecretRef = Field(
+        default_factory=lambda: SecretRef(env="METATIDE_SOURCE_DSN"),
+        description="Where the libpq-style DSN (postgresql://user@host:port/dbname) comes from.",
+    )
+    password_from: SecretRef | None = Field(
+        default=None, description="Optional separate source of the password, if not in the DSN."
+    )
+    databases: list[str] = Field(
+        default_factory=list,
+        description="Databases to connect to; empty means every database that allows "
+        "connections, except templates. Scope rules filter further.",
+    )
+    connect_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Timeout of one connection attempt, in seconds."
+    )
+    scope: ScopeSpec = Field(default_factory=ScopeSpec, description="Include/exclude filters.")
+
+
+class SqliteSourceSpec(_Model):
+    """A SQLite database file (the embedded default, one database named 'main')."""
+
+    kind: Literal["sqlite"] = "sqlite"
+    path: str = Field(min_length=1, description="Path of the SQLite database file.")
+    scope: ScopeSpec = Field(default_factory=ScopeSpec, description="Include/exclude filters.")
+
+
+SourceSpec = Annotated[PostgresSourceSpec | SqliteSourceSpec, Field(discriminator="kind")]
+
+
+class StorageSpec(_Model):
+    """Where state, diffs and run files are written."""
+
+    url: str = Field(
+        description="file:///absolute/path or s3://bucket[/prefix]; the connection's prefix "
+        "(see prefixTemplate) is appended.",
+        pattern=r"^(file://|s3://)",
+    )
+    endpoint: str | None = Field(
+        default=None, description="S3 endpoint host:port (e.g. minio.minio:9000); s3 only."
+    )
+    secure: bool = Field(default=True, description="Use HTTPS to the S3 endpoint.")
+    region: str | None = Field(default=None, description="S3 region, if the server needs one.")
+    access_key_from: SecretRef = Field(
+        default_factory=lambda: SecretRef(env="AWS_ACCESS_KEY_ID"),
+        description="Where the S3 access key comes from.",
+    )
+    secret_key_from: SecretRef = Field(
+        default_factory=lambda: SecretRef(env="AWS_SECRET_ACCESS_KEY"),
+        description="Where the S3 secret key comes from.",
+    )
+    prefix_template: str = Field(
+        default=SEED_PREFIX_TEMPLATE,
+        description="Per-connection key prefix; {application_name} and {connection_id} are "
+        "replaced.",
+    )
+
+    @field_validator("prefix_template")
+    @classmethod
+    def _known_placeholders(cls, value: str) -> str:
+        unknown = set(re.findall(r"{([^{}]*)}", value)) - {"application_name", "connection_id"}
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder(s) {sorted(unknown)}; use {{application_name}} and "
+                "{connection_id} only"
+            )
+        return value
+
+
+class ColumnsSpec(_Model):
+    """How column extraction is split into batches."""
+
+    batch_size: int = Field(
+        default=SEED_COLUMN_BATCH_SIZE, ge=1, le=1_000_000, description="Tables per column batch."
+    )
+    parallelism: int = Field(
+        default=SEED_MAX_CONCURRENT_COLUMN_BATCHES,
+        ge=1,
+        le=64,
+        description="Column batches extracted at once (Indexed Job parallelism on Kubernetes).",
+    )
+
+
+class MarkerSpec(_Model):
+    """The high-water mark that decides which DDL times count as changes."""
+
+    prepone_hours: float = Field(
+        default=3.0,
+        ge=0,
+        description="Hours subtracted from the stored marker before comparing DDL times, to "
+        "absorb clock skew and long transactions (hours).",
+    )
+    format: str = Field(
+        default=SEED_MARKER_FORMAT, min_length=2, description="strftime format of marker.txt."
+    )
+    default: str = Field(
+        default=SEED_DEFAULT_MARKER,
+        description="Marker assumed when no state exists yet (UTC, in `format`).",
+    )
+
+
+class MassDeleteGuardSpec(_Model):
+    """Refuse to commit a run that would delete much of the state (a broken filter or grant)."""
+
+    max_deleted_fraction: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Largest fraction of the previous state's tables one run may delete; 1 "
+        "disables the guard.",
+    )
+    allow_empty_source: bool = Field(
+        default=False,
+        description="Allow a run where the source returns zero tables while the state has some.",
+    )
+
+
+class OutputSpec(_Model):
+    """How the diff is written for consumers (the state is always Parquet)."""
+
+    format: Literal["parquet", "jsonl"] = Field(
+        default="parquet", description="File format of the incremental diff."
+    )
+
+
+class DuckDBSpec(_Model):
+    """Limits of the embedded DuckDB that does the set work."""
+
+    memory_limit: str = Field(
+        default=SEED_DUCKDB_MEMORY_LIMIT,
+        pattern=r"^[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="DuckDB memory_limit; work beyond it spills to tempDirectory.",
+    )
+    temp_directory: str = Field(
+        default=SEED_DUCKDB_TEMP_DIRECTORY, min_length=1, description="DuckDB spill folder."
+    )
+    threads: int = Field(default=2, ge=1, le=64, description="DuckDB worker threads.")
+
+
+class StateSpec(_Model):
+    """Layout of the committed state."""
+
+    tables_per_bucket: int = Field(
+        default=4,
+        ge=1,
+        le=100_000,
+        description="Target tables per state bucket. Small buckets make an incremental run "
+        "rewrite little; the bucket count is fixed at a full run and kept while it fits.",
+    )
+    keep_runs: int = Field(
+        default=10, ge=1, description="Committed runs whose runs/{id}/ folders (diffs) are kept."
+    )
+    lease_seconds: int = Field(
+        default=3600, ge=30, description="How long a run lease lasts without renewal (seconds)."
+    )
+
+
+class ExtractionSpec(_Model):
+    """One incremental extraction of one connection."""
+
+    application_name: str = Field(
+        pattern=_NAME_PATTERN, description="Application the connection belongs to."
+    )
+    connection_id: str = Field(
+        pattern=_NAME_PATTERN, description="Stable id of the connection (part of the prefix)."
+    )
+    source: SourceSpec = Field(description="The database to extract from.")
+    storage: StorageSpec = Field(description="Where state and diffs are written.")
+    columns: ColumnsSpec = Field(default_factory=ColumnsSpec, description="Column batching.")
+    marker: MarkerSpec = Field(default_factory=MarkerSpec, description="Marker options.")
+    force_full_extraction: bool = Field(
+        default=False,
+        description="Ignore the previous state and extract everything (also recovers a "
+        "corrupted state).",
+    )
+    mass_delete_guard: MassDeleteGuardSpec = Field(
+        default_factory=MassDeleteGuardSpec, description="Mass-delete guard."
+    )
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Diff output.")
+    duckdb: DuckDBSpec = Field(default_factory=DuckDBSpec, description="DuckDB limits.")
+    state: StateSpec = Field(default_factory=StateSpec, description="State layout.")
+
+    @property
+    def connection_prefix(self) -> str:
+        """The key prefix of this connection's files, below the storage URL."""
+        return self.storage.prefix_template.replace(
+            "{application_name}", self.application_name
+        ).replace("{connection_id}", self.connection_id)
+
+    def to_json(self) -> str:
+        """The spec as camelCase JSON, as Jobs receive it."""
+        return self.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(root)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_spec(data: Any, origin: str = "spec") -> ExtractionSpec:
+    """Validate a decoded spec; the error lists every bad field by its path."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin} must be a mapping of fields, got {type(data).__name__}")
+    try:
+        return ExtractionSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"{origin} is invalid:\n{_describe(exc)}") from None
+
+
+def load_spec_file(path: Path) -> ExtractionSpec:
+    """Read a YAML or JSON spec file (JSON is YAML, so one parser serves both)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read the spec file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"the spec file {path} is not valid YAML/JSON: {exc}") from exc
+    return parse_spec(data, origin=str(path))
+
+
+def load_spec_json(text: str, origin: str) -> ExtractionSpec:
+    """Read a spec handed over as JSON (the METATIDE_SPEC environment variable of a Job)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{origin} is not valid JSON: {exc.msg} at position {exc.pos}") from exc
+    return parse_spec(data, origin=origin)

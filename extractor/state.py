@@ -1,0 +1,159 @@
+"""Reading and writing the committed state: manifest, bucketed Parquet files, checksums.
+
+Tables and columns are split into buckets by a stable hash of the table's qualified name, so
+a run rewrites only the buckets holding changed or deleted tables and the new manifest points
+at every other bucket's file from earlier runs (copy-on-write). State file names carry the
+writing run's id, so a file is never overwritten once a manifest may reference it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from metatide.extractor.errors import StateCorruptError
+from metatide.extractor.ids import ENTITIES, Entity, RunId
+from metatide.extractor.manifest import MANIFEST_KEY, FileRef, Manifest, parse_manifest
+from metatide.extractor.records import KEY_COLUMNS, SCHEMAS
+from metatide.extractor.storage import KeyNotFoundError, Store
+
+BUCKETED: frozenset[Entity] = frozenset({"table", "column"})
+_BUCKET_DRIFT = 4  # re-bucket (full rewrite) when tables per bucket drift this far off target
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """The committed manifest and the store version it was read at (for compare-and-swap)."""
+
+    manifest: Manifest
+    version: str
+
+
+async def read_committed(store: Store) -> Committed | None:
+    """The committed manifest, or None before the first commit; corruption raises."""
+    try:
+        stored = await store.get(MANIFEST_KEY)
+    except KeyNotFoundError:
+        return None
+    return Committed(parse_manifest(stored.data, store.location), stored.version)
+
+
+def bucket_of(database: str, schema: str, table: str, count: int) -> int:
+    """A table's bucket: stable across runs, platforms and Python versions (not `hash()`)."""
+    name = "\x00".join((database, schema, table)).encode()
+    return int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big") % count
+
+
+def assign_buckets(tables: pa.Table, count: int) -> pa.Array:
+    """The bucket of every row of a table listing, as an int32 array."""
+    names = zip(
+        tables.column("database_name").to_pylist(),
+        tables.column("schema_name").to_pylist(),
+        tables.column("table_name").to_pylist(),
+        strict=True,
+    )
+    return pa.array([bucket_of(d, s, t, count) for d, s, t in names], type=pa.int32())
+
+
+def choose_bucket_count(tables: int, per_bucket: int, previous: int | None) -> int:
+    """Keep the previous bucket count while it fits the target, else size it afresh."""
+    fitted = max(1, math.ceil(tables / per_bucket))
+    if previous is not None:
+        ratio = max(tables, 1) / previous
+        if per_bucket / _BUCKET_DRIFT <= ratio <= per_bucket * _BUCKET_DRIFT:
+            return previous
+    return fitted
+
+
+def state_key(entity: Entity, run_id: RunId, bucket: int | None = None) -> str:
+    """Where a state file lives; the run id in the name keeps committed files immutable."""
+    if bucket is None:
+        return f"current-state/{entity}/{run_id}.parquet"
+    return f"current-state/{entity}/b{bucket:06d}-{run_id}.parquet"
+
+
+def encode_parquet(table: pa.Table) -> bytes:
+    """Parquet bytes (zstd); deterministic for equal input, so equal content hashes equal."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd", store_schema=False)
+    return buffer.getvalue()
+
+
+def describe(key: str, data: bytes, rows: int, bucket: int | None = None) -> FileRef:
+    """The manifest entry of bytes about to be stored."""
+    digest = hashlib.sha256(data).hexdigest()
+    return FileRef(key=key, rows=rows, bytes=len(data), sha256=digest, bucket=bucket)
+
+
+async def write_state_file(
+    store: Store, entity: Entity, run_id: RunId, table: pa.Table, bucket: int | None = None
+) -> FileRef:
+    """Store one state file and return its manifest entry."""
+    data = encode_parquet(table.cast(SCHEMAS[entity]))
+    ref = describe(state_key(entity, run_id, bucket), data, table.num_rows, bucket)
+    await store.put(ref.key, data)
+    return ref
+
+
+async def fetch_verified(store: Store, refs: Sequence[FileRef], workdir: Path) -> list[Path]:
+    """Local, checksum-verified copies of state files, for DuckDB to read."""
+    semaphore = asyncio.Semaphore(16)
+
+    async def one(ref: FileRef) -> Path:
+        async with semaphore:
+            return await _fetch_one(store, ref, workdir)
+
+    return list(await asyncio.gather(*(one(ref) for ref in refs)))
+
+
+async def _fetch_one(store: Store, ref: FileRef, workdir: Path) -> Path:
+    local = await store.local_path(ref.key)
+    if local is not None:
+        data = await asyncio.to_thread(local.read_bytes)
+    else:
+        try:
+            data = (await store.get(ref.key)).data
+        except KeyNotFoundError:
+            data = b""
+        local = workdir / "fetched" / ref.key
+        local.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(local.write_bytes, data)
+    if hashlib.sha256(data).hexdigest() != ref.sha256:
+        raise StateCorruptError(
+            f"state file {ref.key} in {store.location} is missing or fails its checksum; run "
+            "once with forceFullExtraction: true to rebuild the state"
+        )
+    return local
+
+
+def read_parquet_files(paths: Iterable[Path], entity: Entity) -> pa.Table:
+    """Concatenate local Parquet files of one entity (an empty table for no files)."""
+    tables = [pq.read_table(path, schema=SCHEMAS[entity]) for path in paths]
+    if not tables:
+        return SCHEMAS[entity].empty_table()
+    return pa.concat_tables(tables)
+
+
+def sort_by_key(entity: Entity, table: pa.Table) -> pa.Table:
+    """Rows in key order, the canonical order for comparisons and output."""
+    return table.sort_by([(name, "ascending") for name in KEY_COLUMNS[entity]])
+
+
+async def read_state(store: Store, workdir: Path) -> dict[Entity, pa.Table]:
+    """The whole committed state, sorted (tests and consumers; the engine reads buckets)."""
+    committed = await read_committed(store)
+    if committed is None:
+        return {entity: SCHEMAS[entity].empty_table() for entity in ENTITIES}
+    state = {}
+    for entity in ENTITIES:
+        paths = await fetch_verified(store, committed.manifest.files[entity], workdir)
+        state[entity] = sort_by_key(entity, read_parquet_files(paths, entity))
+    return state

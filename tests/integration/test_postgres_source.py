@@ -1,0 +1,683 @@
+"""`PostgresSource` against a real PostgreSQL 15: listings, fingerprints, columns, errors.
+
+The fingerprint is the heart of incremental extraction on PostgreSQL, so it is tested both
+ways: every kind of DDL that changes what the source returns must change it, and nothing
+else (data changes, vacuum, indexes, grants) may. Each test works in its own database with
+a random name, dropped at the end. A missing server fails the tests (never skips): start it
+with `.ci/services/postgres.sh start`, or point METATIDE_TEST_PG_DSN at another one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+import uuid
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg  # type: ignore[import-untyped,unused-ignore]
+import pyarrow as pa
+import pytest
+
+from metatide.extractor.errors import (
+    CredentialsError,
+    MetatideError,
+    SourceUnavailableError,
+    SpecError,
+)
+from metatide.extractor.ids import TableKey
+from metatide.extractor.records import COLUMN_SCHEMA, TABLE_SCHEMA
+from metatide.extractor.scope import Scope
+from metatide.extractor.sources.postgres import PostgresSource, UnknownDatabaseError
+from metatide.extractor.spec import PostgresSourceSpec, ScopeRule, ScopeSpec, SecretRef
+from services import (
+    create_database,
+    drop_database,
+    postgres_dsn,
+    postgres_dsn_for,
+    require_postgres,
+)
+
+pytestmark = pytest.mark.integration
+
+DSN_ENV = "METATIDE_TEST_SOURCE_DSN"
+PASSWORD_ENV = "METATIDE_TEST_SOURCE_PASSWORD"
+WEIRD = 'we"ird.na{me} ü'
+EVERYTHING = Scope(ScopeSpec())
+
+_T = TypeVar("_T")
+
+
+def run(coro: Coroutine[Any, Any, _T]) -> _T:
+    return asyncio.run(coro)
+
+
+@dataclass(frozen=True)
+class Db:
+    """A throwaway database: its name and an admin DSN pointing at it."""
+
+    name: str
+    dsn: str
+
+    def execute(self, *statements: str) -> None:
+        async def go() -> None:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                for statement in statements:
+                    await conn.execute(statement)
+            finally:
+                await conn.close()
+
+        run(go())
+
+
+def _fresh_database(name: str) -> Iterator[Db]:
+    require_postgres()
+    dsn = create_database(name)
+    try:
+        yield Db(name=name, dsn=dsn)
+    finally:
+        drop_database(name)
+
+
+@pytest.fixture
+def db() -> Iterator[Db]:
+    yield from _fresh_database(f"mt_pg_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def weird_db() -> Iterator[Db]:
+    yield from _fresh_database(f"{WEIRD} {uuid.uuid4().hex[:8]}")
+
+
+def source(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, **spec: Any
+) -> PostgresSource:
+    monkeypatch.setenv(DSN_ENV, dsn)
+    return PostgresSource(PostgresSourceSpec(dsn_from=SecretRef(env=DSN_ENV), **spec))
+
+
+def with_password(dsn: str, password: str | None, port: int | None = None) -> str:
+    parts = urlsplit(dsn)
+    user = quote(parts.username or "", safe="")
+    auth = f"{user}:{quote(password, safe='')}" if password is not None else user
+    netloc = f"{auth}@{parts.hostname}:{port or parts.port or 5432}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    databases: pa.Table
+    schemas: pa.Table
+    tables: pa.Table
+    present: frozenset[TableKey]
+    columns: pa.Table
+
+    def table(self, key: TableKey) -> dict[str, Any]:
+        return next(row for row in self.tables.to_pylist() if _key(row) == key)
+
+    def fingerprints(self) -> dict[TableKey, str]:
+        return {_key(row): row["fingerprint"] for row in self.tables.to_pylist()}
+
+    def columns_of(self, key: TableKey) -> list[dict[str, Any]]:
+        return [row for row in self.columns.to_pylist() if _key(row) == key]
+
+
+def _key(row: dict[str, Any]) -> TableKey:
+    return (row["database_name"], row["schema_name"], row["table_name"])
+
+
+async def snapshot_of(src: PostgresSource, scope: Scope = EVERYTHING) -> Snapshot:
+    async with src:
+        databases = await src.databases(scope)
+        schemas = await src.schemas(databases.column("database_name").to_pylist(), scope)
+        tables = await src.tables(schemas, scope)
+        keys = [_key(row) for row in tables.to_pylist()]
+        result = await src.columns(keys)
+    return Snapshot(databases, schemas, tables, result.present, result.columns)
+
+
+def snap(monkeypatch: pytest.MonkeyPatch, db: Db, **spec: Any) -> Snapshot:
+    return run(snapshot_of(source(monkeypatch, db.dsn, databases=[db.name], **spec)))
+
+
+# -- listings ----------------------------------------------------------------------------
+
+CATALOG = """
+COMMENT ON DATABASE {db} IS 'the db';
+CREATE SCHEMA app;
+COMMENT ON SCHEMA app IS 'application';
+CREATE SCHEMA empty;
+CREATE TYPE app.mood AS ENUM ('ok', 'meh');
+CREATE TABLE app.orders (
+    id bigserial PRIMARY KEY,
+    code varchar(12) NOT NULL DEFAULT 'x',
+    amount numeric(10, 2),
+    mood app.mood,
+    placed date DEFAULT '2024-01-31'
+);
+COMMENT ON TABLE app.orders IS 'all orders';
+COMMENT ON COLUMN app.orders.amount IS 'in EUR';
+CREATE TABLE app.pair (a int, b int, c text, PRIMARY KEY (b, a));
+CREATE VIEW app.big_orders AS SELECT id, amount FROM app.orders WHERE amount > 100;
+CREATE MATERIALIZED VIEW app.totals AS SELECT count(*) AS n FROM app.orders;
+CREATE TABLE app.events (at timestamptz NOT NULL, what text) PARTITION BY RANGE (at);
+CREATE TABLE app.events_2024 PARTITION OF app.events
+    FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE FOREIGN DATA WRAPPER mt_dummy;
+CREATE SERVER mt_nowhere FOREIGN DATA WRAPPER mt_dummy;
+CREATE FOREIGN TABLE app.remote (x int) SERVER mt_nowhere;
+CREATE SEQUENCE app.not_a_table;
+CREATE INDEX orders_code ON app.orders (code);
+"""
+
+
+def test_lists_every_level_with_comments_and_types(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.execute(CATALOG.replace("{db}", f'"{db.name}"'))
+    s = snap(monkeypatch, db)
+
+    assert s.databases.to_pylist() == [{"database_name": db.name, "comment": "the db"}]
+    assert s.schemas.to_pylist() == [
+        {"database_name": db.name, "schema_name": "app", "comment": "application"},
+        {"database_name": db.name, "schema_name": "empty", "comment": None},
+        {"database_name": db.name, "schema_name": "public", "comment": "standard public schema"},
+    ]
+    assert s.tables.schema == TABLE_SCHEMA
+    types = {row["table_name"]: row["table_type"] for row in s.tables.to_pylist()}
+    assert types == {
+        "big_orders": "VIEW",
+        "events": "PARTITIONED TABLE",
+        "events_2024": "TABLE",  # partitions are listed: users query them directly
+        "orders": "TABLE",
+        "pair": "TABLE",
+        "remote": "FOREIGN TABLE",
+        "totals": "MATERIALIZED VIEW",
+    }
+    assert [row["table_name"] for row in s.tables.to_pylist()] == sorted(types)
+    orders = s.table((db.name, "app", "orders"))
+    assert orders["comment"] == "all orders"
+    assert orders["view_definition"] is None
+    assert orders["created_at"] is None and orders["ddl_time"] is None
+    assert len(orders["fingerprint"]) == 64
+    view = s.table((db.name, "app", "big_orders"))
+    assert "app.orders" in view["view_definition"]  # qualified: search_path is pinned
+    assert "100" in view["view_definition"]
+    assert "count(*)" in s.table((db.name, "app", "totals"))["view_definition"]
+
+    assert s.present == frozenset(_key(row) for row in s.tables.to_pylist())
+    assert s.columns.schema == COLUMN_SCHEMA
+    base = {"database_name": db.name, "schema_name": "app", "table_name": "orders"}
+    assert s.columns_of((db.name, "app", "orders")) == [
+        {
+            **base,
+            "column_name": "id",
+            "ordinal_position": 1,
+            "data_type": "bigint",
+            "is_nullable": False,
+            "column_default": "nextval('app.orders_id_seq'::regclass)",
+            "comment": None,
+            "is_primary_key": True,
+        },
+        {
+            **base,
+            "column_name": "code",
+            "ordinal_position": 2,
+            "data_type": "character varying(12)",
+            "is_nullable": False,
+            "column_default": "'x'::character varying",
+            "comment": None,
+            "is_primary_key": False,
+        },
+        {
+            **base,
+            "column_name": "amount",
+            "ordinal_position": 3,
+            "data_type": "numeric(10,2)",
+            "is_nullable": True,
+            "column_default": None,
+            "comment": "in EUR",
+            "is_primary_key": False,
+        },
+        {
+            **base,
+            "column_name": "mood",
+            "ordinal_position": 4,
+            "data_type": "app.mood",
+            "is_nullable": True,
+            "column_default": None,
+            "comment": None,
+            "is_primary_key": False,
+        },
+        {
+            **base,
+            "column_name": "placed",
+            "ordinal_position": 5,
+            "data_type": "date",
+            "is_nullable": True,
+            "column_default": "'2024-01-31'::date",
+            "comment": None,
+            "is_primary_key": False,
+        },
+    ]
+    pair = s.columns_of((db.name, "app", "pair"))
+    assert [(c["column_name"], c["is_primary_key"]) for c in pair] == [
+        ("a", True),
+        ("b", True),
+        ("c", False),
+    ]
+    view_columns = s.columns_of((db.name, "app", "big_orders"))
+    assert [c["column_name"] for c in view_columns] == ["id", "amount"]
+    assert [c["column_name"] for c in s.columns_of((db.name, "app", "totals"))] == ["n"]
+    assert [c["column_name"] for c in s.columns_of((db.name, "app", "remote"))] == ["x"]
+
+
+def test_databases_lists_connectable_non_templates_and_applies_scope(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def names(scope: Scope) -> list[str]:
+        async with source(monkeypatch, db.dsn) as src:
+            listed: list[str] = (await src.databases(scope)).column("database_name").to_pylist()
+            return listed
+
+    everything = run(names(EVERYTHING))
+    assert db.name in everything and "postgres" in everything
+    assert "template0" not in everything and "template1" not in everything
+    assert everything == sorted(everything)
+    excluded = Scope(ScopeSpec(exclude=[ScopeRule(database=db.name)]))
+    assert db.name not in run(names(excluded))
+
+
+def test_scope_filters_schemas_and_tables(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    db.execute(
+        "CREATE SCHEMA keep; CREATE SCHEMA drop_me;"
+        "CREATE TABLE keep.a (x int); CREATE TABLE keep.tmp_b (x int);"
+        "CREATE TABLE drop_me.c (x int)"
+    )
+    scope = Scope(
+        ScopeSpec(
+            include=[ScopeRule(schema="keep"), ScopeRule(schema="drop_me")],
+            exclude=[ScopeRule(schema="drop_me"), ScopeRule(table="tmp_*")],
+        )
+    )
+    s = run(snapshot_of(source(monkeypatch, db.dsn, databases=[db.name]), scope))
+    assert s.schemas.column("schema_name").to_pylist() == ["keep"]
+    assert [_key(row) for row in s.tables.to_pylist()] == [(db.name, "keep", "a")]
+
+
+def test_clock_is_the_servers_utc_time(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def clock() -> datetime:
+        async with source(monkeypatch, db.dsn) as src:
+            return await src.clock()
+
+    moment = run(clock())
+    assert moment.utcoffset() == timedelta(0)
+    assert abs(moment - datetime.now(UTC)) < timedelta(minutes=1)
+
+
+def test_system_schemas_and_temporary_tables_are_left_out(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def go() -> pa.Table:
+        conn = await asyncpg.connect(db.dsn)
+        try:
+            await conn.execute("CREATE TEMPORARY TABLE scratch (x int)")
+            async with source(monkeypatch, db.dsn, databases=[db.name]) as src:
+                return await src.schemas([db.name], EVERYTHING)
+        finally:
+            await conn.close()
+
+    assert run(go()).column("schema_name").to_pylist() == ["public"]
+
+
+def test_many_databases_share_a_small_connection_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    require_postgres()
+    names = [f"mt_pg_many_{i}_{uuid.uuid4().hex[:8]}" for i in range(7)]
+    try:
+        for name in names:
+            create_database(name)
+            Db(name, postgres_dsn_for(name)).execute(f"CREATE TABLE t_{name[-8:]} (x int)")
+        s = run(snapshot_of(source(monkeypatch, postgres_dsn(), databases=names)))
+    finally:
+        for name in names:
+            drop_database(name)
+    assert s.databases.column("database_name").to_pylist() == sorted(names)
+    assert sorted(_key(row)[0] for row in s.tables.to_pylist()) == sorted(names)
+    assert len(s.present) == len(names) and s.columns.num_rows == len(names)
+
+
+# -- fingerprints ------------------------------------------------------------------------
+
+BASE = """
+CREATE SCHEMA app;
+CREATE TABLE app.t (id int NOT NULL, name varchar(10) DEFAULT 'x', code varchar(10), note text);
+CREATE TABLE app.other (k int PRIMARY KEY, v text);
+CREATE VIEW app.v AS SELECT id, name FROM app.t;
+CREATE MATERIALIZED VIEW app.mv AS SELECT id FROM app.t;
+INSERT INTO app.t VALUES (1, 'a', 'c', 'n');
+"""
+
+CHANGES = {
+    "add column": ("t", "ALTER TABLE app.t ADD COLUMN extra int"),
+    "drop column": ("t", "ALTER TABLE app.t DROP COLUMN note"),
+    "rename column": ("t", "ALTER TABLE app.t RENAME COLUMN note TO remark"),
+    "alter type": ("t", "ALTER TABLE app.t ALTER COLUMN note TYPE varchar(5)"),
+    "alter type modifier": ("t", "ALTER TABLE app.t ALTER COLUMN code TYPE varchar(20)"),
+    "set not null": ("t", "ALTER TABLE app.t ALTER COLUMN note SET NOT NULL"),
+    "drop not null": ("t", "ALTER TABLE app.t ALTER COLUMN id DROP NOT NULL"),
+    "set default": ("t", "ALTER TABLE app.t ALTER COLUMN note SET DEFAULT 'n/a'"),
+    "change default": ("t", "ALTER TABLE app.t ALTER COLUMN name SET DEFAULT 'y'"),
+    "drop default": ("t", "ALTER TABLE app.t ALTER COLUMN name DROP DEFAULT"),
+    "comment on column": ("t", "COMMENT ON COLUMN app.t.note IS 'a note'"),
+    "comment on table": ("t", "COMMENT ON TABLE app.t IS 'the table'"),
+    "add primary key": ("t", "ALTER TABLE app.t ADD PRIMARY KEY (id)"),
+    "drop primary key": ("other", "ALTER TABLE app.other DROP CONSTRAINT other_pkey"),
+    "reorder columns (drop and re-add)": (
+        "t",
+        "ALTER TABLE app.t DROP COLUMN code; ALTER TABLE app.t ADD COLUMN code varchar(10)",
+    ),
+    "view definition": (
+        "v",
+        "CREATE OR REPLACE VIEW app.v AS SELECT id, name FROM app.t WHERE id > 0",
+    ),
+    "comment on view": ("v", "COMMENT ON VIEW app.v IS 'v'"),
+    "view becomes table": ("v", "DROP VIEW app.v; CREATE TABLE app.v (id int, name varchar(10))"),
+    "materialized view columns": (
+        "mv",
+        "DROP MATERIALIZED VIEW app.mv; CREATE MATERIALIZED VIEW app.mv AS SELECT id, note FROM app.t",
+    ),
+    "materialized view definition": (
+        "mv",
+        "DROP MATERIALIZED VIEW app.mv;"
+        "CREATE MATERIALIZED VIEW app.mv AS SELECT id FROM app.t WHERE id > 1",
+    ),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=list(CHANGES))
+def test_fingerprint_changes_with_every_kind_of_ddl(
+    change: str, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table, ddl = CHANGES[change]
+    key = (db.name, "app", table)
+    db.execute(BASE)
+    before = snap(monkeypatch, db)
+    db.execute(ddl)
+    after = snap(monkeypatch, db)
+
+    assert after.fingerprints()[key] != before.fingerprints()[key]
+    # ... and the change is one the source returns (the fingerprint covers what matters):
+    visible = (before.table(key), before.columns_of(key)) != (
+        after.table(key),
+        after.columns_of(key),
+    )
+    assert visible
+    untouched = {k: v for k, v in before.fingerprints().items() if k[2] in ("other", "t")}
+    untouched.pop(key, None)
+    assert {k: after.fingerprints()[k] for k in untouched} == untouched
+
+
+NON_CHANGES = {
+    "nothing": "SELECT 1",
+    "insert, update, delete": (
+        "INSERT INTO app.t SELECT g, 'n', 'c', 'x' FROM generate_series(2, 500) g;"
+        "UPDATE app.t SET note = 'changed' WHERE id < 100; DELETE FROM app.t WHERE id > 400;"
+        "INSERT INTO app.other VALUES (1, 'one')"
+    ),
+    "vacuum and analyze": "VACUUM ANALYZE app.t",
+    "refresh materialized view": "REFRESH MATERIALIZED VIEW app.mv",
+    "secondary index": "CREATE INDEX t_name ON app.t (name)",
+    "grant": "CREATE ROLE mt_reader_{r}; GRANT SELECT ON app.t TO mt_reader_{r};"
+    "REVOKE SELECT ON app.t FROM mt_reader_{r}; DROP ROLE mt_reader_{r}",
+    "truncate": "TRUNCATE app.t",
+    "other schema objects": "CREATE TABLE public.unrelated (x int); CREATE SEQUENCE app.s",
+}
+
+
+@pytest.mark.parametrize("change", NON_CHANGES, ids=list(NON_CHANGES))
+def test_fingerprint_stays_without_metadata_change(
+    change: str, db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.execute(BASE)
+    before = snap(monkeypatch, db)
+    db.execute(NON_CHANGES[change].replace("{r}", uuid.uuid4().hex[:8]))
+    after = snap(monkeypatch, db)
+
+    fingerprints = {k: v for k, v in after.fingerprints().items() if k[1] == "app"}
+    assert fingerprints == before.fingerprints()
+    assert after.columns.filter(pa.compute.equal(after.columns["schema_name"], "app")).equals(
+        before.columns
+    )
+
+
+def test_fingerprint_does_not_depend_on_the_sessions_settings(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.execute(
+        BASE,
+        "ALTER TABLE app.t ADD COLUMN d date DEFAULT '2024-02-29', "
+        "ADD COLUMN f float8 DEFAULT 0.1",
+    )
+    before = snap(monkeypatch, db)
+    role = urlsplit(db.dsn).username
+    db.execute(
+        f"ALTER ROLE \"{role}\" IN DATABASE \"{db.name}\" SET search_path = app, public",
+        f"ALTER ROLE \"{role}\" IN DATABASE \"{db.name}\" SET DateStyle = 'SQL, DMY'",
+        f"ALTER ROLE \"{role}\" IN DATABASE \"{db.name}\" SET extra_float_digits = 3",
+    )
+    after = snap(monkeypatch, db)
+    assert after.fingerprints() == before.fingerprints()
+    assert after.columns.equals(before.columns)
+
+
+def test_fingerprint_separates_names_safely(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    db.execute(
+        'CREATE TABLE one ("a,b" int, "c" int);'
+        'CREATE TABLE two ("a" int, "b,c" int);'
+        'CREATE TABLE three ("a"",""b" int, "c" int);'
+        'CREATE TABLE four ("a" int, "b""]" int);'
+        'CREATE TABLE five ("a" int, "b" int)'
+    )
+    fingerprints = snap(monkeypatch, db).fingerprints()
+    assert len(set(fingerprints.values())) == 5
+
+
+# -- names, columns() --------------------------------------------------------------------
+
+
+def test_weird_names_round_trip(weird_db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    def q(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    weird_db.execute(
+        f"CREATE SCHEMA {q(WEIRD)};"
+        f"CREATE TABLE {q(WEIRD)}.{q(WEIRD)} ({q(WEIRD)} int PRIMARY KEY, {q('a,b')} text);"
+        f"CREATE VIEW {q(WEIRD)}.{q(WEIRD + ' v')} AS SELECT * FROM {q(WEIRD)}.{q(WEIRD)};"
+        f"CREATE TABLE public.{q('{0}.%s')} ({q('%(x)s')} int)"
+    )
+    s = snap(monkeypatch, weird_db)
+    key = (weird_db.name, WEIRD, WEIRD)
+    assert s.databases.column("database_name").to_pylist() == [weird_db.name]
+    assert WEIRD in s.schemas.column("schema_name").to_pylist()
+    assert set(s.fingerprints()) == {
+        key,
+        (weird_db.name, WEIRD, WEIRD + " v"),
+        (weird_db.name, "public", "{0}.%s"),
+    }
+    assert s.present == frozenset(s.fingerprints())
+    assert [c["column_name"] for c in s.columns_of(key)] == [WEIRD, "a,b"]
+    assert [c["column_name"] for c in s.columns_of((weird_db.name, WEIRD, WEIRD + " v"))] == [
+        WEIRD,
+        "a,b",
+    ]
+    assert [c["column_name"] for c in s.columns_of((weird_db.name, "public", "{0}.%s"))] == [
+        "%(x)s"
+    ]
+
+
+def test_columns_tells_dropped_from_empty_tables(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.execute("CREATE TABLE kept (x int); CREATE TABLE empty (); CREATE TABLE gone (y int)")
+    requested = [
+        (db.name, "public", "kept"),
+        (db.name, "public", "empty"),
+        (db.name, "public", "gone"),
+        (db.name, "public", "kept"),  # asked twice: columns once
+        (db.name, "no_such_schema", "kept"),
+        ("no_such_database_" + uuid.uuid4().hex[:8], "public", "kept"),
+    ]
+    db.execute("DROP TABLE gone")
+
+    async def go() -> Any:
+        async with source(monkeypatch, db.dsn, databases=[db.name]) as src:
+            return await src.columns(requested)
+
+    result = run(go())
+    assert result.present == frozenset({(db.name, "public", "kept"), (db.name, "public", "empty")})
+    assert result.columns.schema == COLUMN_SCHEMA
+    assert result.columns.column("table_name").to_pylist() == ["kept"]
+    assert result.columns.column("column_name").to_pylist() == ["x"]
+
+
+def test_columns_of_nothing(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def go() -> Any:
+        async with source(monkeypatch, db.dsn) as src:
+            return await src.columns([])
+
+    result = run(go())
+    assert result.present == frozenset() and result.columns.num_rows == 0
+    assert result.columns.schema == COLUMN_SCHEMA
+
+
+def test_thousands_of_tables_go_through_bound_arrays(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count, per_statement = 6_000, 1_000
+    for start in range(0, count, per_statement):
+        db.execute(
+            "DO $$ BEGIN FOR i IN "
+            f"{start}..{start + per_statement - 1} LOOP "
+            "EXECUTE format('CREATE TABLE public.%I (a int PRIMARY KEY, b int)', 't' || i); "
+            "END LOOP; END $$"
+        )
+    began = time.perf_counter()
+    s = snap(monkeypatch, db)
+    elapsed = time.perf_counter() - began
+    assert s.tables.num_rows == count
+    assert len(s.present) == count
+    assert s.columns.num_rows == 2 * count
+    assert elapsed < 30, f"listing {count} tables took {elapsed:.1f}s"
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+def _full_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)) + repr(exc) + str(exc)
+
+
+def test_unreachable_server_is_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "unreachable-Secret-42"
+    dsn = with_password(postgres_dsn(), secret, port=1)
+
+    async def go() -> None:
+        async with source(monkeypatch, dsn, connect_timeout_seconds=2) as src:
+            await src.clock()
+
+    began = time.perf_counter()
+    with pytest.raises(SourceUnavailableError) as caught:
+        run(go())
+    assert time.perf_counter() - began < 10
+    assert ":1," in str(caught.value)  # names host:port
+    assert "retry" in str(caught.value)
+    assert secret not in _full_text(caught.value)
+    assert dsn not in _full_text(caught.value)
+
+
+def test_wrong_password_is_a_credentials_error_without_the_password(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "wrong-Secret-1234"
+
+    async def go(src: PostgresSource) -> None:
+        async with src:
+            await src.databases(EVERYTHING)
+
+    with pytest.raises(CredentialsError) as caught:
+        run(go(source(monkeypatch, with_password(db.dsn, secret), databases=[db.name])))
+    message = str(caught.value)
+    assert secret not in _full_text(caught.value)
+    assert db.name in message and str(urlsplit(db.dsn).port) in message
+
+    monkeypatch.setenv(PASSWORD_ENV, secret)
+    spec = {"password_from": SecretRef(env=PASSWORD_ENV)}
+    with pytest.raises(CredentialsError) as caught:
+        run(go(source(monkeypatch, with_password(db.dsn, None), **spec)))
+    assert secret not in _full_text(caught.value)
+    assert PASSWORD_ENV in str(caught.value)
+
+
+def test_password_from_a_separate_variable(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    password = urlsplit(db.dsn).password
+    assert password is not None
+    monkeypatch.setenv(PASSWORD_ENV, password)
+    spec = {"password_from": SecretRef(env=PASSWORD_ENV), "databases": [db.name]}
+    s = run(snapshot_of(source(monkeypatch, with_password(db.dsn, None), **spec)))
+    assert s.databases.column("database_name").to_pylist() == [db.name]
+
+
+def test_unknown_database_is_terminal_and_named(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = f"mt_missing_{uuid.uuid4().hex[:8]}"
+
+    async def databases(src: PostgresSource) -> None:
+        async with src:
+            await src.databases(EVERYTHING)
+
+    with pytest.raises(UnknownDatabaseError) as caught:
+        run(databases(source(monkeypatch, db.dsn, databases=[db.name, missing])))
+    assert isinstance(caught.value, SpecError)
+    assert missing in str(caught.value)
+
+    with pytest.raises(SpecError) as caught:
+        run(databases(source(monkeypatch, postgres_dsn_for(missing, db.dsn))))
+    assert missing in str(caught.value)
+    assert urlsplit(db.dsn).password not in _full_text(caught.value)
+
+
+def test_a_dsn_that_is_not_a_uri_is_a_spec_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    dsn = "host=127.0.0.1 user=metatide password=kv-Secret-7"
+
+    async def go() -> None:
+        async with source(monkeypatch, dsn):
+            pass
+
+    with pytest.raises(SpecError) as caught:
+        run(go())
+    assert "kv-Secret-7" not in _full_text(caught.value)
+    assert DSN_ENV in str(caught.value)
+
+
+def test_missing_dsn_variable_is_a_credentials_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DSN_ENV, raising=False)
+    src = PostgresSource(PostgresSourceSpec(dsn_from=SecretRef(env=DSN_ENV)))
+
+    async def go() -> None:
+        async with src:
+            pass
+
+    with pytest.raises(CredentialsError, match=DSN_ENV):
+        run(go())
+
+
+def test_errors_are_metatide_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert issubclass(UnknownDatabaseError, MetatideError)
