@@ -1,0 +1,133 @@
+"""Shared test machinery: build specs, run the pipeline, compare states and diffs.
+
+The central property of metatide is that an incremental run's state equals a full
+extraction's state. `full_state` produces the reference by running a forced full extraction
+into a fresh store; `expected_diff` derives the diff two consecutive states imply, so tests
+can check the published diff against it.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from metatide.extractor.ids import ENTITIES, Entity, RunId
+from metatide.extractor.phases.run import run
+from metatide.extractor.records import KEY_COLUMNS, SCHEMAS
+from metatide.extractor.runfiles import diff_key
+from metatide.extractor.spec import ExtractionSpec, parse_spec
+from metatide.extractor.state import read_state, sort_by_key
+from metatide.extractor.storage import KeyNotFoundError, Store, open_store
+
+State = dict[Entity, pa.Table]
+
+
+def make_spec(source: dict[str, Any], storage: dict[str, Any] | str, **fields: Any) -> ExtractionSpec:
+    """A spec with test defaults; `storage` is a URL or a storage mapping."""
+    document: dict[str, Any] = {
+        "applicationName": "tests",
+        "connectionId": "conn",
+        "source": source,
+        "storage": {"url": storage} if isinstance(storage, str) else storage,
+        "duckdb": {"tempDirectory": "/tmp/metatide-tests/duckdb", "memoryLimit": "1GB"},
+    }
+    document.update(fields)
+    return parse_spec(document)
+
+
+def with_fields(spec: ExtractionSpec, **fields: Any) -> ExtractionSpec:
+    """A copy of a spec with camelCase top-level fields replaced (validated again)."""
+    document = spec.model_dump(by_alias=True)
+    document.update(fields)
+    return parse_spec(document)
+
+
+async def run_pipeline(spec: ExtractionSpec, workdir: Path, **options: Any) -> dict[str, Any]:
+    """One `metatide run` in-process."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return await run(spec, open_store(spec), workdir, **options)
+
+
+async def committed_state(spec: ExtractionSpec, workdir: Path) -> State:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return await read_state(open_store(spec), workdir)
+
+
+async def full_state(spec: ExtractionSpec, store_url: str, workdir: Path) -> State:
+    """The reference: a forced full extraction of the same source into a fresh store."""
+    reference = with_fields(
+        spec,
+        storage={**spec.storage.model_dump(by_alias=True), "url": store_url},
+        forceFullExtraction=True,
+    )
+    await run_pipeline(reference, workdir)
+    return await committed_state(reference, workdir)
+
+
+def assert_same_state(actual: State, expected: State) -> None:
+    """Equal row sets per entity, with a readable difference when they are not."""
+    for entity in ENTITIES:
+        left = sort_by_key(entity, actual[entity]).to_pylist()
+        right = sort_by_key(entity, expected[entity]).to_pylist()
+        if left != right:
+            missing = [row for row in right if row not in left][:5]
+            extra = [row for row in left if row not in right][:5]
+            raise AssertionError(
+                f"{entity} state differs from a full extraction: {len(left)} vs {len(right)} rows; "
+                f"missing {missing}; unexpected {extra}"
+            )
+
+
+def _keyed(entity: Entity, table: pa.Table) -> dict[tuple[Any, ...], dict[str, Any]]:
+    keys = KEY_COLUMNS[entity]
+    return {tuple(row[k] for k in keys): row for row in table.to_pylist()}
+
+
+def expected_diff(before: State, after: State) -> dict[Entity, dict[str, set[tuple[Any, ...]]]]:
+    """created / updated / deleted keys per entity between two full states."""
+    result = {}
+    for entity in ENTITIES:
+        old, new = _keyed(entity, before[entity]), _keyed(entity, after[entity])
+        result[entity] = {
+            "created": set(new) - set(old),
+            "updated": {key for key in set(new) & set(old) if new[key] != old[key]},
+            "deleted": set(old) - set(new),
+        }
+    return result
+
+
+async def published_diff(
+    store: Store, run_id: RunId
+) -> dict[Entity, dict[str, set[tuple[Any, ...]]]]:
+    """created / updated / deleted keys per entity as the run published them."""
+    result = {}
+    for entity in ENTITIES:
+        keys = KEY_COLUMNS[entity]
+        changed = _read(await store.get(diff_key(run_id, entity, "parquet")))
+        deleted = _read(await store.get(diff_key(run_id, entity, "parquet", deleted=True)))
+        result[entity] = {
+            change: {tuple(r[k] for k in keys) for r in changed if r["change"] == change}
+            for change in ("created", "updated")
+        }
+        result[entity]["deleted"] = {tuple(r[k] for k in keys) for r in deleted}
+    return result
+
+
+def _read(stored: Any) -> list[dict[str, Any]]:
+    return pq.read_table(io.BytesIO(stored.data)).to_pylist()
+
+
+async def exists(store: Store, key: str) -> bool:
+    try:
+        await store.get(key)
+    except KeyNotFoundError:
+        return False
+    return True
+
+
+def empty_state() -> State:
+    return {entity: SCHEMAS[entity].empty_table() for entity in ENTITIES}
