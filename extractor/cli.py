@@ -253,6 +253,14 @@ def demo(
         raise typer.Exit(exc.exit_code) from None
 
 
+@app.command("spec-docs")
+def spec_docs() -> None:
+    """Print the reference of every spec field as markdown (docs/spec.md)."""
+    from metatide.extractor.specdoc import render
+
+    typer.echo(render(), nl=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -92,18 +92,22 @@ class ScopeSpec(_Model):
 
     include: list[ScopeRule] = Field(
         default_factory=lambda: [ScopeRule()],
-        description="A table is in scope when it matches at least one include rule ...",
+        description="A table is in scope when it matches at least one include rule and no "
+        "exclude rule.",
     )
     exclude: list[ScopeRule] = Field(
         default_factory=list,
-        description="... and no exclude rule. An exclude rule with table '*' also drops the schema.",
+        description="Rules that remove tables from scope; one with table '*' removes the whole "
+        "schema, one with schema and table '*' the whole database.",
     )
 
 
 class PostgresSourceSpec(_Model):
     """A PostgreSQL server, read through pg_catalog."""
 
-    kind: Literal["postgresql"] = "postgresql"
+    kind: Literal["postgresql"] = Field(
+        default="postgresql", description="Source kind: postgresql (read through pg_catalog)."
+    )
     dsn_from: SecretRef = Field(
         default_factory=lambda: SecretRef(env="METATIDE_SOURCE_DSN"),
         description="Where the libpq-style DSN (postgresql://user@host:port/dbname) comes from.",
@@ -125,7 +129,9 @@ class PostgresSourceSpec(_Model):
 class SqliteSourceSpec(_Model):
     """A SQLite database file (the embedded default, one database named 'main')."""
 
-    kind: Literal["sqlite"] = "sqlite"
+    kind: Literal["sqlite"] = Field(
+        default="sqlite", description="Source kind: sqlite (one file, database 'main')."
+    )
     path: str = Field(min_length=1, description="Path of the SQLite database file.")
     scope: ScopeSpec = Field(default_factory=ScopeSpec, description="Include/exclude filters.")
 

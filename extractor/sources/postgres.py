@@ -75,14 +75,18 @@ _APPLICATION_NAME: Final = "metatide"
 
 _T = TypeVar("_T")
 
-# Deterministic output of format_type / pg_get_expr / pg_get_viewdef, see the module docstring.
+# Deterministic output of format_type / pg_get_expr / pg_get_viewdef (see the module
+# docstring), and speed: JIT compilation costs more than it saves on catalog queries, and
+# the column sorts of 100,000s of rows should not spill to disk. Local to the transaction.
 _PIN_SETTINGS = """
 SELECT pg_catalog.set_config('search_path', '', true),
        pg_catalog.set_config('DateStyle', 'ISO, YMD', true),
        pg_catalog.set_config('IntervalStyle', 'postgres', true),
        pg_catalog.set_config('extra_float_digits', '1', true),
        pg_catalog.set_config('bytea_output', 'hex', true),
-       pg_catalog.set_config('TimeZone', 'UTC', true)
+       pg_catalog.set_config('TimeZone', 'UTC', true),
+       pg_catalog.set_config('jit', 'off', true),
+       pg_catalog.set_config('work_mem', '64MB', true)
 """
 
 _CLOCK = "SELECT pg_catalog.statement_timestamp()"
@@ -131,6 +135,8 @@ LEFT JOIN pg_catalog.pg_index AS pk
 
 _USER_COLUMNS = "a.attnum > 0 AND NOT a.attisdropped"
 
+_COLUMN_FIELD_TYPES = list(COLUMN_SCHEMA)[3:]
+
 _RELKINDS = "('r', 'p', 'v', 'm', 'f')"
 
 # One row per relation of the given schemas; columns are aggregated per relation in one
@@ -143,8 +149,8 @@ WITH rel AS (
     WHERE n.nspname = ANY($1::text[]) AND c.relkind IN {_RELKINDS}
 ), cols AS (
     SELECT a.attrelid,
-           pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array({_COLUMN_FIELDS})
-                                ORDER BY a.attnum) AS columns
+           pg_catalog.json_agg(pg_catalog.json_build_array({_COLUMN_FIELDS})
+                               ORDER BY a.attnum) AS columns
     FROM rel
     JOIN pg_catalog.pg_attribute AS a ON a.attrelid = rel.oid
     {_COLUMN_JOINS}
@@ -154,7 +160,7 @@ WITH rel AS (
     SELECT rel.nspname, rel.relname, rel.relkind, td.description AS comment,
            CASE WHEN rel.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(rel.oid) END
                AS view_definition,
-           COALESCE(cols.columns, '[]'::jsonb) AS columns
+           COALESCE(cols.columns, '[]'::json) AS columns
     FROM rel
     LEFT JOIN cols ON cols.attrelid = rel.oid
     LEFT JOIN pg_catalog.pg_description AS td
@@ -169,30 +175,34 @@ SELECT nspname,
        comment,
        view_definition,
        pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(
-           pg_catalog.jsonb_build_array(relkind, comment, view_definition, columns)::text,
+           pg_catalog.json_build_array(relkind, comment, view_definition, columns)::text,
            'UTF8')), 'hex')
 FROM described
 ORDER BY nspname COLLATE "C", relname COLLATE "C"
 """
 
 # The requested relations that exist; $1 and $2 are parallel arrays of schema and table.
-_REQUESTED = f"""
+# The requested relations that exist; $1 and $2 are parallel arrays of schema and table.
+# (`unnest` of two arrays is FROM-clause syntax, not a function: it cannot be qualified,
+# and search_path is '' here, so only pg_catalog's can be meant.)
+_PRESENT = f"""
 SELECT c.oid, n.nspname, c.relname
 FROM unnest($1::text[], $2::text[]) AS w(schema_name, table_name)
 JOIN pg_catalog.pg_namespace AS n ON n.nspname = w.schema_name
 JOIN pg_catalog.pg_class AS c ON c.relnamespace = n.oid AND c.relname = w.table_name
 WHERE c.relkind IN {_RELKINDS}
+ORDER BY n.nspname COLLATE "C", c.relname COLLATE "C"
 """
 
-_PRESENT = f"SELECT nspname, relname FROM ({_REQUESTED}) AS rel"
-
+# Columns of the relations `_PRESENT` found (same snapshot), by their oids; each row starts
+# with the relation's 0-based position in that list instead of repeating its names.
 _COLUMNS = f"""
-SELECT rel.nspname, rel.relname, {_COLUMN_FIELDS}
-FROM ({_REQUESTED}) AS rel
-JOIN pg_catalog.pg_attribute AS a ON a.attrelid = rel.oid
+SELECT (r.i - 1)::int4, {_COLUMN_FIELDS}
+FROM unnest($1::oid[]) WITH ORDINALITY AS r(oid, i)
+JOIN pg_catalog.pg_attribute AS a ON a.attrelid = r.oid
 {_COLUMN_JOINS}
 WHERE {_USER_COLUMNS}
-ORDER BY rel.nspname COLLATE "C", rel.relname COLLATE "C", a.attnum
+ORDER BY r.i, a.attnum
 """
 
 _CREDENTIAL_ERRORS = (
@@ -348,9 +358,7 @@ class PostgresSource:
         present: set[TableKey] = set()
         for database in sorted(per_database):
             try:
-                found, columns = await self._columns_of(
-                    database, list(per_database[database])
-                )
+                found, columns = await self._columns_of(database, list(per_database[database]))
             except UnknownDatabaseError:
                 continue  # dropped: none of its tables is present
             present.update((database, schema, table) for schema, table in found)
@@ -379,10 +387,7 @@ class PostgresSource:
             fingerprints,
         ]
         return pa.Table.from_arrays(
-            [
-                pa.array(values, type=f.type)
-                for values, f in zip(arrays, TABLE_SCHEMA, strict=True)
-            ],
+            [pa.array(values, type=f.type) for values, f in zip(arrays, TABLE_SCHEMA, strict=True)],
             schema=TABLE_SCHEMA,
         )
 
@@ -393,14 +398,18 @@ class PostgresSource:
         table_names = [table for _, table in wanted]
 
         async def read(conn: Any) -> tuple[list[tuple[str, str]], pa.Table]:
-            present = [
-                (r[0], r[1])
-                for r in await conn.fetch(_PRESENT, schema_names, table_names)
-            ]
-            cursor = await conn.cursor(_COLUMNS, schema_names, table_names)
+            found = await conn.fetch(_PRESENT, schema_names, table_names)
+            present = [(row[1], row[2]) for row in found]
+            names = _Names(
+                database=database,
+                schemas=pa.array([schema for schema, _ in present], type=pa.string()),
+                tables=pa.array([table for _, table in present], type=pa.string()),
+            )
+            # A cursor bounds memory: each chunk becomes Arrow before the next is read.
+            cursor = await conn.cursor(_COLUMNS, [row[0] for row in found])
             batches = [COLUMN_SCHEMA.empty_table()]
             while records := await cursor.fetch(_COLUMN_CHUNK_ROWS):
-                batches.append(_column_batch(database, records))
+                batches.append(names.column_batch(records))
             return present, pa.concat_tables(batches)
 
         async with self._session(database) as conn:
@@ -480,9 +489,7 @@ class PostgresSource:
     # -- the error boundary --------------------------------------------------------------
 
     @contextmanager
-    def _driver_errors(
-        self, database: str | None, *, connecting: bool = False
-    ) -> Iterator[None]:
+    def _driver_errors(self, database: str | None, *, connecting: bool = False) -> Iterator[None]:
         """Translate driver exceptions raised inside into metatide's (the one boundary)."""
         try:
             yield
@@ -506,29 +513,21 @@ class PostgresSource:
                 name,
             )
         if isinstance(exc, _CREDENTIAL_ERRORS):
-            secret = (
-                f"${self._spec.password_from.env}"
-                if self._spec.password_from
-                else f"${env}"
-            )
+            secret = f"${self._spec.password_from.env}" if self._spec.password_from else f"${env}"
             return CredentialsError(
                 f"{where} refused the login or the access ({reason}). Check the user and "
                 f"password in {secret} and that the user may connect to and read the "
                 "database's catalog"
             )
         if isinstance(exc, _TRANSIENT_ERRORS):
-            verb = (
-                "cannot connect to" if connecting else "reading the catalog failed on"
-            )
+            verb = "cannot connect to" if connecting else "reading the catalog failed on"
             return SourceUnavailableError(
                 f"{verb} {where} ({reason}"
                 f"{f', timeout {self._spec.connect_timeout_seconds:g}s' if connecting else ''})."
                 " Check that the server is running and reachable from here, then retry"
             )
         if isinstance(exc, asyncpg.ClientConfigurationError):
-            return SpecError(
-                f"the source DSN in ${env} is invalid ({reason}); fix that variable"
-            )
+            return SpecError(f"the source DSN in ${env} is invalid ({reason}); fix that variable")
         return MetatideError(f"{where}: unexpected driver error ({reason})")
 
     def _secrets(self) -> list[str]:
@@ -550,15 +549,28 @@ class PostgresSource:
         return text
 
 
-def _column_batch(database: str, records: Sequence[Any]) -> pa.Table:
-    """One chunk of column records (schema, table, then `_COLUMN_FIELDS`) as an Arrow table."""
-    fields = list(zip(*records, strict=True))
-    arrays = [pa.array([database] * len(records), type=pa.string())]
-    arrays += [
-        pa.array(values, type=field.type)
-        for values, field in zip(fields, COLUMN_SCHEMA.remove(0), strict=True)
-    ]
-    return pa.Table.from_arrays(arrays, schema=COLUMN_SCHEMA)
+@dataclass(frozen=True, slots=True)
+class _Names:
+    """The names of the relations one `_COLUMNS` query reads, by position."""
+
+    database: str
+    schemas: pa.Array
+    tables: pa.Array
+
+    def column_batch(self, records: Sequence[Any]) -> pa.Table:
+        """Column records (position, then `_COLUMN_FIELDS`) as a COLUMN_SCHEMA table."""
+        position, *fields = zip(*records, strict=True)
+        index = pa.array(position, type=pa.int32())
+        arrays = [
+            pa.repeat(pa.scalar(self.database, type=pa.string()), len(records)),
+            self.schemas.take(index),
+            self.tables.take(index),
+        ]
+        arrays += [
+            pa.array(values, type=field.type)
+            for values, field in zip(fields, _COLUMN_FIELD_TYPES, strict=True)
+        ]
+        return pa.Table.from_arrays(arrays, schema=COLUMN_SCHEMA)
 
 
 async def _close(conn: Any) -> None:

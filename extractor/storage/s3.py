@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import certifi
@@ -61,12 +61,16 @@ from urllib3.exceptions import HTTPError, MaxRetryError, SSLError
 
 from metatide.extractor.errors import (
     CredentialsError,
+    MetatideError,
     SpecError,
     StorageUnavailableError,
     TerminalError,
 )
 from metatide.extractor.spec import ExtractionSpec
 from metatide.extractor.storage.base import KeyNotFoundError, ObjectInfo, StoredObject
+
+if TYPE_CHECKING:
+    from urllib3._base_connection import BaseHTTPConnection
 
 AWS_ENDPOINT: Final = "s3.amazonaws.com"
 CONNECT_TIMEOUT_SECONDS: Final = 3.0
@@ -108,6 +112,7 @@ _TRANSIENT: Final = frozenset(
     }
 )
 _PRECONDITION_FAILED: Final = 412
+_NOT_IMPLEMENTED: Final = 501  # e.g. a precondition header the server does not support
 _NO_ANSWER: Final = 599  # pseudo status: the request got no HTTP answer (connect/read failed)
 
 _log = logging.getLogger(__name__)
@@ -129,7 +134,7 @@ class _Target:
         path = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
         return f"s3://{path} ({self.endpoint})"
 
-    def failure(self, code: str, status: int, detail: str, action: str) -> Exception:
+    def failure(self, code: str, status: int, detail: str, action: str) -> MetatideError:
         """The metatide error for a driver failure: the one place S3 errors are translated."""
         if code in _MISSING_BUCKET:
             return SpecError(
@@ -144,7 +149,7 @@ class _Target:
                 f"{action}; check that they are current and allow get, put, delete and list "
                 f"on {self.location}"
             )
-        if code in _TRANSIENT or status >= 500:
+        if code in _TRANSIENT or (status >= 500 and status != _NOT_IMPLEMENTED):
             return StorageUnavailableError(
                 f"{self.location} could not {action}: {detail}; check that the server is up "
                 "and reachable (spec.storage.endpoint, spec.storage.secure)"
@@ -189,15 +194,64 @@ class _ConditionalSupport:
     if_match: bool
 
 
-def _http_pool() -> urllib3.PoolManager:
-    """Short connect timeout and no retries here: tenacity retries whole operations."""
-    return urllib3.PoolManager(
+class _OneShotHTTPConnectionPool(urllib3.HTTPConnectionPool):
+    """Closes each connection after its request instead of keeping it for the next one."""
+
+    def _put_conn(self, conn: BaseHTTPConnection | None) -> None:
+        if conn is not None:
+            conn.close()
+
+
+class _OneShotHTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    """`_OneShotHTTPConnectionPool` for https."""
+
+    def _put_conn(self, conn: BaseHTTPConnection | None) -> None:
+        if conn is not None:
+            conn.close()
+
+
+def _http_pool(*, reuse_connections: bool = True) -> urllib3.PoolManager:
+    """Short connect timeout and no retries here: tenacity retries whole operations.
+
+    Conditional writes use a pool without keep-alive: MinIO closes the connection after a 412
+    without a ``Connection: close`` header, so the next request on a pooled connection could
+    race the server's FIN and die with "connection reset by peer".
+    """
+    pool = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=READ_TIMEOUT_SECONDS),
         retries=urllib3.Retry(total=0, redirect=False),
         maxsize=POOL_CONNECTIONS,
         cert_reqs="CERT_REQUIRED",
         ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
     )
+    if not reuse_connections:
+        pool.pool_classes_by_scheme = {
+            "http": _OneShotHTTPConnectionPool,
+            "https": _OneShotHTTPSConnectionPool,
+        }
+    return pool
+
+
+def _client(
+    endpoint: str,
+    *,
+    access_key: str,
+    secret_key: str,
+    secure: bool,
+    region: str | None,
+    reuse_connections: bool,
+) -> Minio:
+    try:
+        return Minio(
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=_http_pool(reuse_connections=reuse_connections),
+        )
+    except ValueError as exc:
+        raise SpecError(f"spec.storage.endpoint {endpoint!r} is invalid: {exc}") from None
 
 
 def _parse_url(url: str) -> tuple[str, str]:
@@ -251,8 +305,10 @@ def _retrying() -> AsyncRetrying:
 class S3Store:
     """A `Store` over a bucket and key prefix of an S3-compatible server."""
 
-    def __init__(self, client: Minio, target: _Target) -> None:
+    def __init__(self, client: Minio, conditional_client: Minio, target: _Target) -> None:
+        """Use `from_spec`; `conditional_client` must not reuse connections (see _http_pool)."""
         self._client = client
+        self._conditional_client = conditional_client
         self._target = target
         self._support: _ConditionalSupport | None = None
         self._probe_lock = threading.Lock()
@@ -270,17 +326,17 @@ class S3Store:
             )
         access_key = storage.access_key_from.resolve("the S3 access key")
         secret_key = storage.secret_key_from.resolve("the S3 secret key")
-        try:
-            client = Minio(
+        clients = [
+            _client(
                 endpoint,
                 access_key=access_key,
                 secret_key=secret_key,
                 secure=storage.secure,
                 region=storage.region,
-                http_client=_http_pool(),
+                reuse_connections=reuse,
             )
-        except ValueError as exc:
-            raise SpecError(f"spec.storage.endpoint {endpoint!r} is invalid: {exc}") from None
+            for reuse in (True, False)
+        ]
         target = _Target(
             endpoint=endpoint,
             bucket=bucket,
@@ -288,7 +344,7 @@ class S3Store:
             access_key_env=storage.access_key_from.env,
             secret_key_env=storage.secret_key_from.env,
         )
-        return cls(client, target)
+        return cls(clients[0], clients[1], target)
 
     @property
     def location(self) -> str:
@@ -394,7 +450,7 @@ class S3Store:
         if failed:
             raise self._delete_failure(failed, action)
 
-    def _delete_failure(self, failed: builtins.list[DeleteError], action: str) -> Exception:
+    def _delete_failure(self, failed: builtins.list[DeleteError], action: str) -> MetatideError:
         first = failed[0]
         detail = f"{len(failed)} failed, first {first.name}: {first.code}: {first.message}"
         return self._target.failure(first.code, 0, detail, action)
@@ -442,12 +498,21 @@ class S3Store:
             try:
                 # Private on purpose: the public put_object would send the precondition as
                 # x-amz-meta-* user metadata, which every server ignores.
-                self._client._put_object(self._target.bucket, name, data, headers)
+                self._conditional_client._put_object(self._target.bucket, name, data, headers)
             except S3Error as exc:
                 if _is_precondition_failure(exc) or exc.code == "NoSuchKey":
                     return False
                 raise
         return True
+
+    async def conditional_writes_supported(self) -> bool:
+        """Whether the server honours If-None-Match and If-Match (probed once, then cached).
+
+        Preflight may report it: without them the lease and the commit are only as safe as
+        running one extraction of a connection at a time.
+        """
+        support = await self._conditional_support()
+        return support.if_none_match and support.if_match
 
     async def _conditional_support(self) -> _ConditionalSupport:
         if self._support is not None:
