@@ -1,11 +1,11 @@
 """Classification of tables against the previous state (engine-side, never in source SQL).
 
-    not in previous state  -> CREATED  if created after the marker, or creation time unknown
-                              BACKFILL if it existed before (filter widened, a run missed it)
-    in previous state      -> UPDATED  if DDL time after the marker, fingerprint or type differ
-                              NO CHANGE otherwise
-    only in previous state -> deleted, reason 'out_of_scope' when the scope excludes it now,
-                              else 'dropped'
+not in previous state  -> CREATED  if created after the marker, or creation time unknown
+                          BACKFILL if it existed before (filter widened, a run missed it)
+in previous state      -> UPDATED  if DDL time after the marker, fingerprint or type differ
+                          NO CHANGE otherwise
+only in previous state -> deleted, reason 'out_of_scope' when the scope excludes it now,
+                          else 'dropped'
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -59,13 +59,17 @@ AllowMassDeleteOption = Annotated[
 ]
 
 
-def _load_spec(config: Path | None, force_full: bool = False, allow_mass_delete: bool = False) -> ExtractionSpec:
+def _load_spec(
+    config: Path | None, force_full: bool = False, allow_mass_delete: bool = False
+) -> ExtractionSpec:
     if config is not None:
         spec = load_spec_file(config)
     elif os.environ.get("METATIDE_SPEC"):
         spec = load_spec_json(os.environ["METATIDE_SPEC"], "the METATIDE_SPEC environment variable")
     else:
-        raise SpecError("no spec given: pass --config FILE or set METATIDE_SPEC to the spec as JSON")
+        raise SpecError(
+            "no spec given: pass --config FILE or set METATIDE_SPEC to the spec as JSON"
+        )
     updates: dict[str, Any] = {}
     if force_full:
         updates["force_full_extraction"] = True
@@ -109,13 +113,15 @@ def _termination_log(text: str) -> None:
             logs.log.warning("termination_log_unwritable", path=target)
 
 
-def _execute(work: Callable[[], Awaitable[str]]) -> None:
+def _execute(work: Callable[[], Coroutine[Any, Any, str]]) -> None:
     """Run one async command: result line on stdout, error on stderr, exit code by error type."""
     logs.configure(os.environ.get("METATIDE_LOG_LEVEL", "INFO"))
     try:
         line = asyncio.run(work())
     except MetatideError as exc:
-        logs.log.error("failed", error=type(exc).__name__, message=str(exc), exit_code=exc.exit_code)
+        logs.log.error(
+            "failed", error=type(exc).__name__, message=str(exc), exit_code=exc.exit_code
+        )
         _termination_log(f"{type(exc).__name__}: {exc}")
         raise typer.Exit(exc.exit_code) from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence names the type, exits 1
@@ -151,7 +157,12 @@ def plan(
         spec = _load_spec(config, force_full, allow_mass_delete)
         with _workdir() as workdir:
             document = await plan_phase(
-                spec, open_store(spec), open_source(spec), workdir, _optional_run_id(run_id), _progress()
+                spec,
+                open_store(spec),
+                open_source(spec),
+                workdir,
+                _optional_run_id(run_id),
+                _progress(),
             )
         return plan_result(document)
 
@@ -230,7 +241,9 @@ def run(
     async def work() -> str:
         spec = _load_spec(config, force_full, allow_mass_delete)
         with _workdir() as workdir:
-            summary = await run_all(spec, open_store(spec), workdir, _optional_run_id(run_id), _progress())
+            summary = await run_all(
+                spec, open_store(spec), workdir, _optional_run_id(run_id), _progress()
+            )
         return finalize_result(summary)
 
     _execute(work)

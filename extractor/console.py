@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 
 class RichProgress:
@@ -33,6 +40,8 @@ class RichProgress:
         if task in self._tasks:
             task_id = self._tasks.pop(task)
             total = self._bars.tasks[task_id].total
-            self._bars.update(task_id, completed=total if total is not None else 1, total=total or 1)
+            self._bars.update(
+                task_id, completed=total if total is not None else 1, total=total or 1
+            )
         if not self._tasks:
             self._bars.stop()

@@ -83,9 +83,13 @@ def run_demo(keep: Path | None = None) -> None:
         spec = demo_spec(database, folder / "store")
         store = open_store(spec)
         first = asyncio.run(run(spec, store, folder))
-        console.print(f"[bold]run 1[/] ({first['run_id']}): full extraction, tables {first['tables']}")
+        console.print(
+            f"[bold]run 1[/] ({first['run_id']}): full extraction, tables {first['tables']}"
+        )
         _execute(database, CHANGES)
-        console.print("[bold]DDL:[/] create invoices, alter orders, drop products, comment customers.email")
+        console.print(
+            "[bold]DDL:[/] create invoices, alter orders, drop products, comment customers.email"
+        )
         second = asyncio.run(run(spec, store, folder))
         console.print(f"[bold]run 2[/] ({second['run_id']}): tables {second['tables']}")
         console.print(_diff_table(asyncio.run(_read_diff(store, RunId(second["run_id"])))))

@@ -69,7 +69,9 @@ def entity_diff(
     return EntityDiff(changed=changed, deleted=deleted)
 
 
-def column_reasons(table_reasons: dict[tuple[str, ...], str], deleted_columns: pa.Table) -> pa.Table:
+def column_reasons(
+    table_reasons: dict[tuple[str, ...], str], deleted_columns: pa.Table
+) -> pa.Table:
     """A deleted column inherits its table's reason when the table went; else 'dropped'."""
     keys = zip(
         deleted_columns.column("database_name").to_pylist(),
@@ -82,7 +84,9 @@ def column_reasons(table_reasons: dict[tuple[str, ...], str], deleted_columns: p
     return deleted_columns.set_column(index, "reason", pa.array(reasons, pa.string()))
 
 
-def scope_reasons(entity: Entity, keys: list[tuple[str, ...]], scope: Scope) -> dict[tuple[str, ...], str]:
+def scope_reasons(
+    entity: Entity, keys: list[tuple[str, ...]], scope: Scope
+) -> dict[tuple[str, ...], str]:
     """Why databases or schemas left the state: the scope excludes them now, or they are gone."""
     reasons = {}
     for key in keys:

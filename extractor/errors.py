@@ -40,7 +40,7 @@ class MetatideError(Exception):
 
 
 class TerminalError(MetatideError):
-    """Retrying the same call cannot succeed: the spec, the credentials or the state need a person."""
+    """Retrying cannot succeed: the spec, the credentials or the state need a person."""
 
     exit_code = EXIT_TERMINAL
 

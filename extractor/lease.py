@@ -36,9 +36,11 @@ class LeaseDocument:
     @classmethod
     def parse(cls, data: bytes) -> LeaseDocument | None:
         try:
-            return cls(**json.loads(data))
+            document = cls(**json.loads(data))
+            datetime.fromisoformat(document.expires_at)
         except (ValueError, TypeError):
             return None  # a damaged lease protects nothing; treat it as free
+        return document
 
     def expired(self, now: datetime) -> bool:
         return datetime.fromisoformat(self.expires_at) <= now

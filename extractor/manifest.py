@@ -84,11 +84,16 @@ def _content_hash(manifest: Manifest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def upgrade(document: dict[str, Any]) -> dict[str, Any]:
+_ADVICE = "run once with forceFullExtraction: true to rebuild the state from the source"
+
+
+def upgrade(document: dict[str, Any], location: str = "the store") -> dict[str, Any]:
     """Migrate a decoded manifest to the current format, one version at a time."""
     version = document.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise StateCorruptError(f"manifest has no valid format_version (got {version!r})")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise StateCorruptError(
+            f"the manifest in {location} has no valid format_version (got {version!r}); {_ADVICE}"
+        )
     if version > FORMAT_VERSION:
         raise StateCorruptError(
             f"manifest format_version {version} was written by a newer metatide (this one reads "
@@ -103,7 +108,7 @@ def upgrade(document: dict[str, Any]) -> dict[str, Any]:
 
 def parse_manifest(data: bytes, location: str) -> Manifest:
     """Decode, migrate and verify a stored manifest; any doubt is a StateCorruptError."""
-    advice = "run once with forceFullExtraction: true to rebuild the state from the source"
+    advice = _ADVICE
     try:
         document = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -111,7 +116,7 @@ def parse_manifest(data: bytes, location: str) -> Manifest:
     if not isinstance(document, dict):
         raise StateCorruptError(f"the manifest in {location} is not a JSON object; {advice}")
     try:
-        manifest = Manifest.model_validate(upgrade(document))
+        manifest = Manifest.model_validate(upgrade(document, location))
     except ValidationError as exc:
         raise StateCorruptError(
             f"the manifest in {location} does not match its format: {exc.errors()[0]['msg']} at "

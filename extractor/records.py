@@ -86,7 +86,7 @@ def rows_to_table(entity: Entity, rows: Iterable[Mapping[str, Any]]) -> pa.Table
 def tuples_to_table(entity: Entity, rows: Sequence[Sequence[Any]]) -> pa.Table:
     """Build an Arrow table from positional rows in schema order (the fast path for drivers)."""
     schema = SCHEMAS[entity]
-    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
+    columns: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
     return pa.Table.from_arrays(
         [pa.array(values, type=field.type) for values, field in zip(columns, schema, strict=True)],
         schema=schema,

@@ -27,9 +27,11 @@ DeleteReason = Literal["dropped", "out_of_scope"]
 
 PLAN_FORMAT_VERSION: Final = 1
 
-PLANNED_TABLE_SCHEMA = TABLE_SCHEMA.append(pa.field("state", pa.string(), nullable=False)).append(
-    pa.field("bucket", pa.int32(), nullable=False)
-).append(pa.field("needs_columns", pa.bool_(), nullable=False))
+PLANNED_TABLE_SCHEMA = (
+    TABLE_SCHEMA.append(pa.field("state", pa.string(), nullable=False))
+    .append(pa.field("bucket", pa.int32(), nullable=False))
+    .append(pa.field("needs_columns", pa.bool_(), nullable=False))
+)
 
 DELETED_TABLE_SCHEMA = pa.schema(
     [TABLE_SCHEMA.field(name) for name in TABLE_KEY_COLUMNS]

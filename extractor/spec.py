@@ -29,7 +29,7 @@ SEED_DEFAULT_MARKER = "1970-01-01T00:00:00Z"
 SEED_MAX_CONCURRENT_COLUMN_BATCHES = 3
 SEED_COLUMN_BATCH_SIZE = 25_000
 SEED_DUCKDB_MEMORY_LIMIT = "2GB"
-SEED_DUCKDB_TEMP_DIRECTORY = "/tmp/metatide/duckdb"
+SEED_DUCKDB_TEMP_DIRECTORY = "/tmp/metatide/duckdb"  # noqa: S108 - the seed's default; configurable
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 _ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -55,7 +55,7 @@ class SecretKeyRef(_Model):
 
 
 class SecretRef(_Model):
-    """Where a secret value comes from: an environment variable, filled from a Secret on Kubernetes."""
+    """Where a secret comes from: an environment variable, filled from a Secret on Kubernetes."""
 
     env: str = Field(
         pattern=_ENV_PATTERN,

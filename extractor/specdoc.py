@@ -32,7 +32,7 @@ def _default(field: FieldInfo) -> str:
 
 def _models(field: FieldInfo) -> list[type[BaseModel]]:
     annotation = field.annotation
-    candidates = list(getattr(annotation, "__args__", ())) + [annotation]
+    candidates = [*list(getattr(annotation, "__args__", ())), annotation]
     found = []
     for candidate in candidates:
         inner = getattr(candidate, "__args__", ())

@@ -79,7 +79,10 @@ def describe_dsn(dsn: str) -> str:
     """``host:port/database (user ...)`` for messages: everything but the password."""
     parts = urlsplit(dsn)
     host = parts.hostname or "localhost"
-    port = parts.port or 5432
+    try:
+        port: int | str = parts.port or 5432
+    except ValueError:  # a malformed port must not hide the real error
+        port = "?"
     database = unquote(parts.path.lstrip("/")) or "postgres"
     user = parts.username or "?"
     return f"{host}:{port}/{database} (user {user!r})"
@@ -97,9 +100,12 @@ def s3_settings() -> S3TestSettings:
 def s3_client(settings: S3TestSettings | None = None) -> Minio:
     """A MinIO SDK client for the test server (plain HTTP: it listens on loopback)."""
     s = settings or s3_settings()
-    return Minio(
-        s.endpoint, access_key=s.access_key, secret_key=s.secret_key, secure=False
-    )
+    return Minio(s.endpoint, access_key=s.access_key, secret_key=s.secret_key, secure=False)
+
+
+def _scrub(text: str, secret: str | None) -> str:
+    """Mask a secret should a driver ever echo it (e.g. a DSN) in an error message."""
+    return text.replace(secret, "***") if secret else text
 
 
 def _run(coro: Coroutine[Any, Any, _T]) -> _T:
@@ -142,9 +148,9 @@ def require_postgres() -> None:
                 f'(`eval "$(.ci/services/postgres.sh env)"` exports {PG_DSN_ENV} '
                 "when METATIDE_PG_PORT is not the default)"
             )
+        detail = _scrub(f"{type(exc).__name__}: {exc}", urlsplit(dsn).password)
         raise RuntimeError(
-            f"PostgreSQL for tests is not usable at {describe_dsn(dsn)}: "
-            f"{type(exc).__name__}: {exc}. Fix: {fix}."
+            f"PostgreSQL for tests is not usable at {describe_dsn(dsn)}: {detail}. Fix: {fix}."
         ) from exc
 
 
@@ -169,11 +175,7 @@ def create_database(name: str) -> str:
 def drop_database(name: str) -> None:
     """Drop database ``name`` if it exists, even with connections a test left open."""
     # WITH (FORCE) (PostgreSQL 13+) ends leftover sessions instead of failing the drop.
-    _run(
-        _pg_execute(
-            postgres_dsn(), f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)"
-        )
-    )
+    _run(_pg_execute(postgres_dsn(), f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)"))
 
 
 def require_s3() -> None:
@@ -199,7 +201,7 @@ def require_s3() -> None:
             what = f"it rejected access key {s.access_key!r} ({exc.code})"
             fix = f"check the {S3_ENDPOINT_ENV} family against `.ci/services/minio.sh env`"
         else:
-            what = f"{type(exc).__name__}: {exc}"
+            what = _scrub(f"{type(exc).__name__}: {exc}", s.secret_key)
             fix = (
                 "start it with `.ci/services/minio.sh start` "
                 f'(`eval "$(.ci/services/minio.sh env)"` exports the {S3_ENDPOINT_ENV} '

@@ -95,7 +95,9 @@ def batch_file(request: pa.Table, result: ColumnsResult) -> pa.Table:
             "row_kind": ["table"] * len(present),
         }
     )
-    columns = result.columns.append_column("row_kind", pa.array(["column"] * result.columns.num_rows))
+    columns = result.columns.append_column(
+        "row_kind", pa.array(["column"] * result.columns.num_rows)
+    )
     combined = pa.concat_tables([_conform(accounting), _conform(columns)])
     return combined.sort_by(
         [

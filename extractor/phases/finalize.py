@@ -179,11 +179,15 @@ def _parses(stored: StoredObject) -> bool:
 
 async def _read_inputs(store: Store, plan: PlanDocument, progress: Progress) -> RunInputs:
     run_id = plan.run_id
-    planned = await read_table(store, plan_key(run_id, "table.parquet"), PLANNED_TABLE_SCHEMA, "plan")
+    planned = await read_table(
+        store, plan_key(run_id, "table.parquet"), PLANNED_TABLE_SCHEMA, "plan"
+    )
     deleted = await read_table(
         store, plan_key(run_id, "deleted.parquet"), DELETED_TABLE_SCHEMA, "plan"
     )
-    databases = await read_table(store, plan_key(run_id, "database.parquet"), DATABASE_SCHEMA, "plan")
+    databases = await read_table(
+        store, plan_key(run_id, "database.parquet"), DATABASE_SCHEMA, "plan"
+    )
     schemas = await read_table(store, plan_key(run_id, "schema.parquet"), SCHEMA_SCHEMA, "plan")
     fresh, gone = await _read_batches(store, plan, progress)
     if gone:
@@ -277,8 +281,14 @@ async def _build(
     _register(connection, inputs, touched, paths)
     progress.start("build state", total=None)
     tables, columns, diffs = await asyncio.to_thread(_compute, connection, spec, inputs)
-    files, written = await _write_state(store, run_id, previous, touched, same_buckets, tables, columns)
-    for entity, listing in (("database", inputs.databases), ("schema", inputs.schemas)):
+    files, written = await _write_state(
+        store, run_id, previous, touched, same_buckets, tables, columns
+    )
+    small: tuple[tuple[Entity, pa.Table], ...] = (
+        ("database", inputs.databases),
+        ("schema", inputs.schemas),
+    )
+    for entity, listing in small:
         ref, size = await _write_small(store, entity, run_id, listing, previous)
         files[entity] = [ref]
         written += size
@@ -326,12 +336,13 @@ def _register(
     connection.register("touched", pa.table({"bucket": pa.array(touched, pa.int32())}))
     connection.register("new_databases", inputs.databases)
     connection.register("new_schemas", inputs.schemas)
-    for entity, name in (
+    previous_views: tuple[tuple[Entity, str], ...] = (
         ("database", "previous_databases"),
         ("schema", "previous_schemas"),
         ("table", "previous_tables"),
         ("column", "previous_columns"),
-    ):
+    )
+    for entity, name in previous_views:
         duck.register_files(connection, name, paths[entity], SCHEMAS[entity].empty_table())
 
 
@@ -352,10 +363,11 @@ def _compute(
         )
     }
     diffs: dict[Entity, EntityDiff] = {}
-    for entity, new, previous in (
+    listed: tuple[tuple[Entity, str, str], ...] = (
         ("database", "new_databases", "previous_databases"),
         ("schema", "new_schemas", "previous_schemas"),
-    ):
+    )
+    for entity, new, previous in listed:
         gone = connection.execute(
             f"SELECT {', '.join(KEY_COLUMNS[entity])} FROM {previous} "
             f"ANTI JOIN {new} USING ({', '.join(KEY_COLUMNS[entity])})"
@@ -365,7 +377,9 @@ def _compute(
     diffs["table"] = entity_diff(
         connection, "table", "new_tables", "previous_tables", table_reasons, "dropped"
     )
-    column_diff = entity_diff(connection, "column", "new_columns", "previous_columns", {}, "dropped")
+    column_diff = entity_diff(
+        connection, "column", "new_columns", "previous_columns", {}, "dropped"
+    )
     diffs["column"] = EntityDiff(
         changed=column_diff.changed, deleted=column_reasons(table_reasons, column_diff.deleted)
     )
@@ -385,7 +399,8 @@ async def _write_state(
     files: dict[Entity, list[FileRef]] = {}
     written = 0
     rewritten = set(touched)
-    for entity, rows in (("table", tables), ("column", columns)):
+    bucketed: tuple[tuple[Entity, BucketRows], ...] = (("table", tables), ("column", columns))
+    for entity, rows in bucketed:
         kept = (
             [ref for ref in previous.files[entity] if ref.bucket not in rewritten]
             if previous is not None and same_buckets

@@ -121,9 +121,7 @@ async def _list_catalog(spec: ExtractionSpec, source: Source, progress: Progress
     return Listing(databases, schemas, tables)
 
 
-async def _previous_tables(
-    store: Store, committed: Committed | None, workdir: Path
-) -> pa.Table:
+async def _previous_tables(store: Store, committed: Committed | None, workdir: Path) -> pa.Table:
     if committed is None:
         return TABLE_SCHEMA.empty_table()
     paths = await fetch_verified(store, committed.manifest.files["table"], workdir)
@@ -142,7 +140,9 @@ async def _classify_and_write(
 ) -> PlanDocument:
     previous = await _previous_tables(store, committed, workdir)
     manifest = committed.manifest if committed else None
-    marker = manifest.marker if manifest else default_marker(spec.marker.default, spec.marker.format)
+    marker = (
+        manifest.marker if manifest else default_marker(spec.marker.default, spec.marker.format)
+    )
     full = manifest is None or spec.force_full_extraction
     connection = duck.connect(spec.duckdb)
     try:
@@ -156,9 +156,13 @@ async def _classify_and_write(
         )
     finally:
         connection.close()
-    check_mass_delete(previous.num_rows, classified.num_rows, deleted.num_rows, spec.mass_delete_guard)
+    check_mass_delete(
+        previous.num_rows, classified.num_rows, deleted.num_rows, spec.mass_delete_guard
+    )
     bucket_count = choose_bucket_count(
-        classified.num_rows, spec.state.tables_per_bucket, manifest.bucket_count if manifest else None
+        classified.num_rows,
+        spec.state.tables_per_bucket,
+        manifest.bucket_count if manifest else None,
     )
     planned = _with_buckets(classified, bucket_count, full)
     deleted = deleted.set_column(
@@ -213,7 +217,7 @@ def _with_buckets(classified: pa.Table, bucket_count: int, full: bool) -> pa.Tab
 async def _write_batches(store: Store, run_id: RunId, planned: pa.Table, batch_size: int) -> int:
     """Split the tables to extract into batch request files; returns the batch count."""
     wanted = planned.filter(planned.column("needs_columns")).select(list(TABLE_KEY_COLUMNS))
-    count = math.ceil(wanted.num_rows / batch_size)
+    count: int = math.ceil(wanted.num_rows / batch_size)
     for index in range(count):
         chunk = wanted.slice(index * batch_size, batch_size)
         await write_table(store, batch_request_key(run_id, index), chunk)

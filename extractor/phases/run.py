@@ -38,7 +38,9 @@ async def run(
     document = await plan(spec, store, source_factory(spec), workdir, run_id, progress)
     try:
         started = time.monotonic()
-        await _extract_all(spec, store, document.run_id, document.batch_count, progress, source_factory)
+        await _extract_all(
+            spec, store, document.run_id, document.batch_count, progress, source_factory
+        )
         columns_seconds = time.monotonic() - started
         return await finalize(
             spec, store, workdir, document.run_id, progress, {"columns": columns_seconds}

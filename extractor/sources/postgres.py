@@ -70,6 +70,10 @@ from metatide.extractor.spec import PostgresSourceSpec
 _IDLE_CONNECTIONS: Final = 4
 _CONNECT_ATTEMPTS: Final = 3
 _COLUMN_CHUNK_ROWS: Final = 50_000
+# pg_get_viewdef keeps a lock on every relation a view reads until the transaction ends, and
+# the server's lock table holds max_locks_per_transaction x max_connections entries (6,400
+# by default) for all sessions together: tables() reads this many relations per transaction.
+_RELATIONS_PER_READ: Final = 500
 _CLOSE_TIMEOUT_S: Final = 5.0
 _APPLICATION_NAME: Final = "metatide"
 
@@ -139,14 +143,24 @@ _COLUMN_FIELD_TYPES = list(COLUMN_SCHEMA)[3:]
 
 _RELKINDS = "('r', 'p', 'v', 'm', 'f')"
 
-# One row per relation of the given schemas; columns are aggregated per relation in one
-# GROUP BY over pg_attribute (no per-table subquery), then hashed with the table fields.
+# The relations of the given schemas, in output order.
+_RELATIONS = f"""
+SELECT c.oid
+FROM pg_catalog.pg_class AS c
+JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+WHERE n.nspname = ANY($1::text[]) AND c.relkind IN {_RELKINDS}
+ORDER BY n.nspname COLLATE "C", c.relname COLLATE "C"
+"""
+
+# One row per relation of the given oids (one gone since `_RELATIONS` is left out); columns
+# are aggregated per relation in one GROUP BY over pg_attribute (no per-table subquery),
+# then hashed together with the table fields.
 _TABLES = f"""
 WITH rel AS (
-    SELECT c.oid, n.nspname, c.relname, c.relkind
-    FROM pg_catalog.pg_class AS c
+    SELECT c.oid, r.i, n.nspname, c.relname, c.relkind
+    FROM unnest($1::oid[]) WITH ORDINALITY AS r(oid, i)
+    JOIN pg_catalog.pg_class AS c ON c.oid = r.oid
     JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-    WHERE n.nspname = ANY($1::text[]) AND c.relkind IN {_RELKINDS}
 ), cols AS (
     SELECT a.attrelid,
            pg_catalog.json_agg(pg_catalog.json_build_array({_COLUMN_FIELDS})
@@ -157,7 +171,7 @@ WITH rel AS (
     WHERE {_USER_COLUMNS}
     GROUP BY a.attrelid
 ), described AS (
-    SELECT rel.nspname, rel.relname, rel.relkind, td.description AS comment,
+    SELECT rel.i, rel.nspname, rel.relname, rel.relkind, td.description AS comment,
            CASE WHEN rel.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(rel.oid) END
                AS view_definition,
            COALESCE(cols.columns, '[]'::json) AS columns
@@ -178,7 +192,7 @@ SELECT nspname,
            pg_catalog.json_build_array(relkind, comment, view_definition, columns)::text,
            'UTF8')), 'hex')
 FROM described
-ORDER BY nspname COLLATE "C", relname COLLATE "C"
+ORDER BY i
 """
 
 # The requested relations that exist; $1 and $2 are parallel arrays of schema and table.
@@ -324,7 +338,7 @@ class PostgresSource:
                 continue
             try:
                 async with self._session(database) as conn:
-                    listed = await self._read(conn, lambda c: c.fetch(_SCHEMAS))
+                    listed = await self._fetch(conn, _SCHEMAS)
             except UnknownDatabaseError:
                 continue  # dropped since it was listed
             rows.extend(
@@ -370,26 +384,15 @@ class PostgresSource:
     # -- queries -------------------------------------------------------------------------
 
     async def _tables_of(self, database: str, schemas: list[str]) -> pa.Table:
+        """Table rows of the database's schemas, read `_RELATIONS_PER_READ` at a time."""
+        rows: list[Any] = []
         async with self._session(database) as conn:
-            rows = await self._read(conn, lambda c: c.fetch(_TABLES, schemas))
-        fields = list(zip(*rows, strict=True)) if rows else [()] * 6
-        schema_names, table_names, types, comments, definitions, fingerprints = fields
-        count = len(rows)
-        arrays = [
-            [database] * count,
-            schema_names,
-            table_names,
-            types,
-            comments,
-            definitions,
-            [None] * count,  # created_at: PostgreSQL keeps no DDL times
-            [None] * count,  # ddl_time
-            fingerprints,
-        ]
-        return pa.Table.from_arrays(
-            [pa.array(values, type=f.type) for values, f in zip(arrays, TABLE_SCHEMA, strict=True)],
-            schema=TABLE_SCHEMA,
-        )
+            found = await self._fetch(conn, _RELATIONS, schemas)
+            oids = [row[0] for row in found]
+            for start in range(0, len(oids), _RELATIONS_PER_READ):
+                chunk = oids[start : start + _RELATIONS_PER_READ]
+                rows += await self._fetch(conn, _TABLES, chunk)
+        return _table_rows(database, rows)
 
     async def _columns_of(
         self, database: str, wanted: list[tuple[str, str]]
@@ -414,6 +417,11 @@ class PostgresSource:
 
         async with self._session(database) as conn:
             return await self._read(conn, read)
+
+    async def _fetch(self, conn: Any, query: str, *args: Any) -> list[Any]:
+        """The rows of one query, read by `_read`."""
+        rows: list[Any] = await self._read(conn, lambda c: c.fetch(query, *args))
+        return rows
 
     async def _read(self, conn: Any, work: Callable[[Any], Awaitable[_T]]) -> _T:
         """Run `work(conn)` in a read-only snapshot with the output settings pinned."""
@@ -547,6 +555,28 @@ class PostgresSource:
         for secret in sorted(self._secrets(), key=len, reverse=True):
             text = text.replace(secret, "***")
         return text
+
+
+def _table_rows(database: str, rows: Sequence[Any]) -> pa.Table:
+    """`_TABLES` records as a TABLE_SCHEMA table."""
+    fields = list(zip(*rows, strict=True)) if rows else [()] * 6
+    schema_names, table_names, types, comments, definitions, fingerprints = fields
+    count = len(rows)
+    arrays = [
+        [database] * count,
+        schema_names,
+        table_names,
+        types,
+        comments,
+        definitions,
+        [None] * count,  # created_at: PostgreSQL keeps no DDL times
+        [None] * count,  # ddl_time
+        fingerprints,
+    ]
+    return pa.Table.from_arrays(
+        [pa.array(values, type=f.type) for values, f in zip(arrays, TABLE_SCHEMA, strict=True)],
+        schema=TABLE_SCHEMA,
+    )
 
 
 @dataclass(frozen=True, slots=True)

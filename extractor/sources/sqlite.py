@@ -14,11 +14,11 @@ import asyncio
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -30,6 +30,8 @@ from metatide.extractor.records import rows_to_table
 from metatide.extractor.scope import Scope
 from metatide.extractor.sources.base import ColumnsResult
 from metatide.extractor.spec import SqliteSourceSpec
+
+T = TypeVar("T")
 
 DATABASE = "main"
 SCHEMA = "main"
@@ -75,12 +77,12 @@ class SqliteSource:
         if self._engine is not None:
             self._engine.dispose()
 
-    async def _run(self, work: Any) -> Any:
+    async def _run(self, work: Callable[[Connection], T]) -> T:
         engine = self._engine
         if engine is None:
             raise RuntimeError("use the source as `async with` before calling it")
 
-        def call() -> Any:
+        def call() -> T:
             try:
                 with engine.connect() as connection:
                     return work(connection)
@@ -92,7 +94,7 @@ class SqliteSource:
         return await asyncio.to_thread(call)
 
     async def clock(self) -> datetime:
-        text = await self._run(lambda c: c.execute(_CLOCK).scalar_one())
+        text: str = await self._run(lambda c: c.execute(_CLOCK).scalar_one())
         return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
     async def databases(self, scope: Scope) -> pa.Table:

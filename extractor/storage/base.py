@@ -11,7 +11,7 @@ only if it still holds the version the caller read (compare-and-swap on an opaqu
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -61,11 +61,11 @@ class Store(Protocol):
         """Overwrite a key only if it still has `version`; False when someone changed it."""
         ...
 
-    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+    def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         """Every key under `prefix`, in no particular order."""
         ...
 
-    async def delete(self, keys: list[str]) -> None:
+    async def delete(self, keys: Sequence[str]) -> None:
         """Delete keys; absent keys are not an error (deletion is idempotent)."""
         ...
 

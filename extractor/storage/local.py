@@ -14,7 +14,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,7 +67,7 @@ class LocalStore:
         for info in await asyncio.to_thread(lambda: list(self._walk(prefix))):
             yield info
 
-    async def delete(self, keys: list[str]) -> None:
+    async def delete(self, keys: Sequence[str]) -> None:
         await asyncio.to_thread(self._delete, keys)
 
     async def local_path(self, key: str) -> Path | None:
@@ -144,8 +144,10 @@ class LocalStore:
                 if name.startswith("."):
                     continue  # temporary files and locks are not keys
                 path = Path(folder) / name
-                yield ObjectInfo(key=path.relative_to(self._root).as_posix(), size=path.stat().st_size)
+                yield ObjectInfo(
+                    key=path.relative_to(self._root).as_posix(), size=path.stat().st_size
+                )
 
-    def _delete(self, keys: list[str]) -> None:
+    def _delete(self, keys: Sequence[str]) -> None:
         for key in keys:
             self._path(key).unlink(missing_ok=True)

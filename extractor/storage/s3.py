@@ -7,14 +7,17 @@ single-part PutObject:
 
 - ``put_if_absent``: ``If-None-Match: *``; HTTP 412 means someone else created the key.
 - ``replace_if_match``: ``If-Match: "<etag>"`` with the ETag `get` returned; 412 (changed)
-  or 404 (deleted) means someone else moved the key.
+  or 404 (deleted) means someone else moved the key. An ETag follows the content (MD5 of a
+  single-part upload), so rewriting identical bytes keeps the version, as in the local store.
 
 The SDK's public ``put_object`` turns unknown headers into ``x-amz-meta-*`` user metadata, so
 conditional writes go through ``Minio._put_object`` (the SDK's own single PutObject call, which
 takes raw headers). Before its first conditional write a store checks once that the server
 honours both headers (a probe key written twice, then a stale ETag). A server that ignores them
-gets a logged warning and a racy fallback: a HEAD (or GET) followed by an unconditional PUT,
-which two writers at the same instant can both pass. MinIO and AWS S3 (since 2024) honour both.
+gets a logged warning and a racy fallback: a HEAD followed by an unconditional PUT, which two
+writers at the same instant can both pass. MinIO and AWS S3 (since 2024) honour both.
+Conditional writes use their own connection pool without keep-alive: MinIO closes the
+connection after a 412 without saying so, and reusing it races the server's FIN.
 
 minio is blocking, so every call runs in a worker thread (`asyncio.to_thread`). Driver errors
 are translated in one place, `_Target.failure`: a missing bucket is a `SpecError`, refused
@@ -37,7 +40,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -432,7 +435,7 @@ class S3Store:
         with self._target.translated(f"upload {path} as {key}", key):
             self._client.fput_object(self._target.bucket, name, str(path), _CONTENT_TYPE)
 
-    async def delete(self, keys: builtins.list[str]) -> None:
+    async def delete(self, keys: Sequence[str]) -> None:
         names = [self._name(key) for key in keys]
         for start in range(0, len(names), DELETE_BATCH):
             batch = names[start : start + DELETE_BATCH]

@@ -34,7 +34,7 @@ from metatide.extractor.records import COLUMN_SCHEMA, TABLE_SCHEMA
 from metatide.extractor.scope import Scope
 from metatide.extractor.sources.postgres import PostgresSource, UnknownDatabaseError
 from metatide.extractor.spec import PostgresSourceSpec, ScopeRule, ScopeSpec, SecretRef
-from services import (
+from tests.services import (
     create_database,
     drop_database,
     postgres_dsn,
@@ -94,9 +94,7 @@ def weird_db() -> Iterator[Db]:
     yield from _fresh_database(f"{WEIRD} {uuid.uuid4().hex[:8]}")
 
 
-def source(
-    monkeypatch: pytest.MonkeyPatch, dsn: str, **spec: Any
-) -> PostgresSource:
+def source(monkeypatch: pytest.MonkeyPatch, dsn: str, **spec: Any) -> PostgresSource:
     monkeypatch.setenv(DSN_ENV, dsn)
     return PostgresSource(PostgresSourceSpec(dsn_from=SecretRef(env=DSN_ENV), **spec))
 
@@ -176,9 +174,7 @@ CREATE INDEX orders_code ON app.orders (code);
 """
 
 
-def test_lists_every_level_with_comments_and_types(
-    db: Db, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_lists_every_level_with_comments_and_types(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
     db.execute(CATALOG.replace("{db}", f'"{db.name}"'))
     s = snap(monkeypatch, db)
 
@@ -203,7 +199,8 @@ def test_lists_every_level_with_comments_and_types(
     orders = s.table((db.name, "app", "orders"))
     assert orders["comment"] == "all orders"
     assert orders["view_definition"] is None
-    assert orders["created_at"] is None and orders["ddl_time"] is None
+    assert orders["created_at"] is None
+    assert orders["ddl_time"] is None
     assert len(orders["fingerprint"]) == 64
     view = s.table((db.name, "app", "big_orders"))
     assert "app.orders" in view["view_definition"]  # qualified: search_path is pinned
@@ -286,8 +283,10 @@ def test_databases_lists_connectable_non_templates_and_applies_scope(
             return listed
 
     everything = run(names(EVERYTHING))
-    assert db.name in everything and "postgres" in everything
-    assert "template0" not in everything and "template1" not in everything
+    assert db.name in everything
+    assert "postgres" in everything
+    assert "template0" not in everything
+    assert "template1" not in everything
     assert everything == sorted(everything)
     excluded = Scope(ScopeSpec(exclude=[ScopeRule(database=db.name)]))
     assert db.name not in run(names(excluded))
@@ -350,7 +349,8 @@ def test_many_databases_share_a_small_connection_cache(
             drop_database(name)
     assert s.databases.column("database_name").to_pylist() == sorted(names)
     assert sorted(_key(row)[0] for row in s.tables.to_pylist()) == sorted(names)
-    assert len(s.present) == len(names) and s.columns.num_rows == len(names)
+    assert len(s.present) == len(names)
+    assert s.columns.num_rows == len(names)
 
 
 # -- fingerprints ------------------------------------------------------------------------
@@ -391,7 +391,8 @@ CHANGES = {
     "view becomes table": ("v", "DROP VIEW app.v; CREATE TABLE app.v (id int, name varchar(10))"),
     "materialized view columns": (
         "mv",
-        "DROP MATERIALIZED VIEW app.mv; CREATE MATERIALIZED VIEW app.mv AS SELECT id, note FROM app.t",
+        "DROP MATERIALIZED VIEW app.mv;"
+        "CREATE MATERIALIZED VIEW app.mv AS SELECT id, note FROM app.t",
     ),
     "materialized view definition": (
         "mv",
@@ -462,15 +463,14 @@ def test_fingerprint_does_not_depend_on_the_sessions_settings(
 ) -> None:
     db.execute(
         BASE,
-        "ALTER TABLE app.t ADD COLUMN d date DEFAULT '2024-02-29', "
-        "ADD COLUMN f float8 DEFAULT 0.1",
+        "ALTER TABLE app.t ADD COLUMN d date DEFAULT '2024-02-29', ADD COLUMN f float8 DEFAULT 0.1",
     )
     before = snap(monkeypatch, db)
     role = urlsplit(db.dsn).username
     db.execute(
-        f"ALTER ROLE \"{role}\" IN DATABASE \"{db.name}\" SET search_path = app, public",
-        f"ALTER ROLE \"{role}\" IN DATABASE \"{db.name}\" SET DateStyle = 'SQL, DMY'",
-        f"ALTER ROLE \"{role}\" IN DATABASE \"{db.name}\" SET extra_float_digits = 3",
+        f'ALTER ROLE "{role}" IN DATABASE "{db.name}" SET search_path = app, public',
+        f'ALTER ROLE "{role}" IN DATABASE "{db.name}" SET DateStyle = \'SQL, DMY\'',
+        f'ALTER ROLE "{role}" IN DATABASE "{db.name}" SET extra_float_digits = 3',
     )
     after = snap(monkeypatch, db)
     assert after.fingerprints() == before.fingerprints()
@@ -522,9 +522,7 @@ def test_weird_names_round_trip(weird_db: Db, monkeypatch: pytest.MonkeyPatch) -
     ]
 
 
-def test_columns_tells_dropped_from_empty_tables(
-    db: Db, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_columns_tells_dropped_from_empty_tables(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
     db.execute("CREATE TABLE kept (x int); CREATE TABLE empty (); CREATE TABLE gone (y int)")
     requested = [
         (db.name, "public", "kept"),
@@ -553,7 +551,8 @@ def test_columns_of_nothing(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
             return await src.columns([])
 
     result = run(go())
-    assert result.present == frozenset() and result.columns.num_rows == 0
+    assert result.present == frozenset()
+    assert result.columns.num_rows == 0
     assert result.columns.schema == COLUMN_SCHEMA
 
 
@@ -615,7 +614,8 @@ def test_wrong_password_is_a_credentials_error_without_the_password(
         run(go(source(monkeypatch, with_password(db.dsn, secret), databases=[db.name])))
     message = str(caught.value)
     assert secret not in _full_text(caught.value)
-    assert db.name in message and str(urlsplit(db.dsn).port) in message
+    assert db.name in message
+    assert str(urlsplit(db.dsn).port) in message
 
     monkeypatch.setenv(PASSWORD_ENV, secret)
     spec = {"password_from": SecretRef(env=PASSWORD_ENV)}
@@ -634,9 +634,7 @@ def test_password_from_a_separate_variable(db: Db, monkeypatch: pytest.MonkeyPat
     assert s.databases.column("database_name").to_pylist() == [db.name]
 
 
-def test_unknown_database_is_terminal_and_named(
-    db: Db, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unknown_database_is_terminal_and_named(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = f"mt_missing_{uuid.uuid4().hex[:8]}"
 
     async def databases(src: PostgresSource) -> None:
@@ -648,10 +646,12 @@ def test_unknown_database_is_terminal_and_named(
     assert isinstance(caught.value, SpecError)
     assert missing in str(caught.value)
 
-    with pytest.raises(SpecError) as caught:
+    password = urlsplit(db.dsn).password
+    assert password is not None
+    with pytest.raises(SpecError) as from_dsn:
         run(databases(source(monkeypatch, postgres_dsn_for(missing, db.dsn))))
-    assert missing in str(caught.value)
-    assert urlsplit(db.dsn).password not in _full_text(caught.value)
+    assert missing in str(from_dsn.value)
+    assert password not in _full_text(from_dsn.value)
 
 
 def test_a_dsn_that_is_not_a_uri_is_a_spec_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,238 @@
+"""Classification of the table listing against the previous state, in DuckDB."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from metatide.extractor.classify import classify_tables, deleted_tables
+from metatide.extractor.duck import connect
+from metatide.extractor.records import rows_to_table
+from metatide.extractor.runfiles import DELETED_TABLE_SCHEMA
+from metatide.extractor.scope import Scope
+from metatide.extractor.spec import DuckDBSpec, ScopeSpec
+
+MARKER = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
+BEFORE = MARKER - timedelta(days=3)
+AFTER = MARKER + timedelta(seconds=1)
+
+
+@pytest.fixture
+def connection(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    spec = DuckDBSpec(temp_directory=str(tmp_path / "duck"), memory_limit="256MB", threads=1)
+    connection = connect(spec)
+    yield connection
+    connection.close()
+
+
+def row(name: str, schema: str = "public", **fields: Any) -> dict[str, Any]:
+    return {
+        "database_name": "db",
+        "schema_name": schema,
+        "table_name": name,
+        "table_type": fields.pop("table_type", "TABLE"),
+        **fields,
+    }
+
+
+def states(
+    connection: duckdb.DuckDBPyConnection,
+    current: list[dict[str, Any]],
+    previous: list[dict[str, Any]],
+    marker: datetime = MARKER,
+) -> dict[str, str]:
+    result = classify_tables(
+        connection, rows_to_table("table", current), rows_to_table("table", previous), marker
+    )
+    return dict(
+        zip(
+            result.column("table_name").to_pylist(), result.column("state").to_pylist(), strict=True
+        )
+    )
+
+
+def test_new_table_without_creation_time_is_created(connection: duckdb.DuckDBPyConnection) -> None:
+    assert states(connection, [row("t")], []) == {"t": "CREATED"}
+
+
+def test_new_table_created_after_the_marker_is_created(
+    connection: duckdb.DuckDBPyConnection,
+) -> None:
+    assert states(connection, [row("t", created_at=AFTER)], []) == {"t": "CREATED"}
+
+
+def test_new_table_created_before_the_marker_is_backfill(
+    connection: duckdb.DuckDBPyConnection,
+) -> None:
+    current = [row("old", created_at=BEFORE), row("edge", created_at=MARKER)]
+    assert states(connection, current, []) == {"old": "BACKFILL", "edge": "BACKFILL"}
+
+
+def test_ddl_time_after_the_marker_is_updated(connection: duckdb.DuckDBPyConnection) -> None:
+    previous = [row("a", ddl_time=BEFORE), row("b", ddl_time=BEFORE), row("c", ddl_time=BEFORE)]
+    current = [row("a", ddl_time=AFTER), row("b", ddl_time=MARKER), row("c", ddl_time=BEFORE)]
+    assert states(connection, current, previous) == {
+        "a": "UPDATED",
+        "b": "NO CHANGE",
+        "c": "NO CHANGE",
+    }
+
+
+def test_ddl_time_is_compared_with_the_given_marker(connection: duckdb.DuckDBPyConnection) -> None:
+    previous = [row("a", ddl_time=BEFORE)]
+    current = [row("a", ddl_time=MARKER - timedelta(hours=1))]
+    assert states(connection, current, previous) == {"a": "NO CHANGE"}
+    earlier = MARKER - timedelta(hours=3)  # the prepone moves the comparison point earlier
+    assert states(connection, current, previous, earlier) == {"a": "UPDATED"}
+
+
+def test_marker_in_another_time_zone_compares_by_instant(
+    connection: duckdb.DuckDBPyConnection,
+) -> None:
+    tokyo = MARKER.astimezone(timezone(timedelta(hours=9)))
+    current = [row("a", ddl_time=MARKER + timedelta(minutes=1))]
+    assert states(connection, current, [row("a")], tokyo) == {"a": "UPDATED"}
+    current = [row("a", ddl_time=MARKER - timedelta(minutes=1))]
+    assert states(connection, current, [row("a")], tokyo) == {"a": "NO CHANGE"}
+
+
+def test_fingerprint_change_is_updated(connection: duckdb.DuckDBPyConnection) -> None:
+    previous = [
+        row("a", fingerprint="f1"),
+        row("b", fingerprint="f1"),
+        row("c"),
+        row("d", fingerprint="f1"),
+    ]
+    current = [
+        row("a", fingerprint="f2"),
+        row("b", fingerprint="f1"),
+        row("c", fingerprint="f1"),
+        row("d"),
+    ]
+    assert states(connection, current, previous) == {
+        "a": "UPDATED",
+        "b": "NO CHANGE",
+        "c": "UPDATED",
+        "d": "UPDATED",
+    }
+
+
+def test_table_type_change_is_updated(connection: duckdb.DuckDBPyConnection) -> None:
+    previous = [row("v", table_type="VIEW", fingerprint="f"), row("t", fingerprint="f")]
+    current = [row("v", table_type="TABLE", fingerprint="f"), row("t", fingerprint="f")]
+    assert states(connection, current, previous) == {"v": "UPDATED", "t": "NO CHANGE"}
+
+
+def test_unchanged_table_is_no_change_even_with_a_recent_creation_time(
+    connection: duckdb.DuckDBPyConnection,
+) -> None:
+    previous = [row("t", fingerprint="f", created_at=AFTER)]
+    current = [row("t", fingerprint="f", created_at=AFTER)]
+    assert states(connection, current, previous) == {"t": "NO CHANGE"}
+
+
+def test_result_keeps_every_listed_field_in_key_order(
+    connection: duckdb.DuckDBPyConnection,
+) -> None:
+    current = [
+        row("z", comment="last", fingerprint="1"),
+        row("a", schema="s2", view_definition="select 1", table_type="VIEW"),
+        row("a", comment="first", created_at=BEFORE, ddl_time=AFTER),
+    ]
+    result = classify_tables(
+        connection, rows_to_table("table", current), rows_to_table("table", []), MARKER
+    )
+    rows = result.to_pylist()
+    assert [(r["schema_name"], r["table_name"]) for r in rows] == [
+        ("public", "a"),
+        ("public", "z"),
+        ("s2", "a"),
+    ]
+    assert rows[0]["comment"] == "first"
+    assert rows[0]["ddl_time"] == AFTER
+    assert rows[2]["view_definition"] == "select 1"
+    assert rows[1]["fingerprint"] == "1"
+    assert [r["state"] for r in rows] == ["BACKFILL", "CREATED", "CREATED"]
+
+
+def test_same_name_in_another_schema_is_a_different_table(
+    connection: duckdb.DuckDBPyConnection,
+) -> None:
+    result = classify_tables(
+        connection,
+        rows_to_table("table", [row("t", schema="b", fingerprint="f")]),
+        rows_to_table("table", [row("t", schema="a", fingerprint="f")]),
+        MARKER,
+    )
+    assert result.column("state").to_pylist() == ["CREATED"]
+
+
+def test_classification_over_a_mixed_listing(connection: duckdb.DuckDBPyConnection) -> None:
+    previous = [row(name, fingerprint="f") for name in ("same", "changed", "retyped", "gone")]
+    current = [
+        row("same", fingerprint="f"),
+        row("changed", fingerprint="g"),
+        row("retyped", fingerprint="f", table_type="VIEW"),
+        row("new"),
+        row("found", created_at=BEFORE),
+    ]
+    assert states(connection, current, previous) == {
+        "same": "NO CHANGE",
+        "changed": "UPDATED",
+        "retyped": "UPDATED",
+        "new": "CREATED",
+        "found": "BACKFILL",
+    }
+
+
+def test_connection_can_classify_twice(connection: duckdb.DuckDBPyConnection) -> None:
+    assert states(connection, [row("a")], []) == {"a": "CREATED"}
+    assert states(connection, [row("a", fingerprint="x")], [row("a", fingerprint="x")]) == {
+        "a": "NO CHANGE"
+    }
+
+
+def deleted(
+    connection: duckdb.DuckDBPyConnection,
+    current: list[dict[str, Any]],
+    previous: list[dict[str, Any]],
+    scope: dict[str, Any] | None = None,
+) -> pa.Table:
+    return deleted_tables(
+        connection,
+        rows_to_table("table", current),
+        rows_to_table("table", previous),
+        Scope(ScopeSpec.model_validate(scope or {})),
+    )
+
+
+def test_deleted_tables_are_dropped_or_out_of_scope(connection: duckdb.DuckDBPyConnection) -> None:
+    previous = [row("keep"), row("dropped"), row("tmp_1"), row("t", schema="archive")]
+    current = [row("keep")]
+    scope = {"exclude": [{"table": "tmp_*"}, {"schema": "archive"}]}
+    result = deleted(connection, current, previous, scope)
+    assert result.schema == DELETED_TABLE_SCHEMA
+    assert [(r["schema_name"], r["table_name"], r["reason"]) for r in result.to_pylist()] == [
+        ("archive", "t", "out_of_scope"),
+        ("public", "dropped", "dropped"),
+        ("public", "tmp_1", "out_of_scope"),
+    ]
+    assert result.column("bucket").null_count == result.num_rows
+
+
+def test_no_deletions(connection: duckdb.DuckDBPyConnection) -> None:
+    assert deleted(connection, [row("a")], [row("a")]).num_rows == 0
+    assert deleted(connection, [], []).num_rows == 0
+
+
+def test_everything_deleted_when_the_listing_is_empty(
+    connection: duckdb.DuckDBPyConnection,
+) -> None:
+    result = deleted(connection, [], [row("a"), row("b")])
+    assert result.column("reason").to_pylist() == ["dropped", "dropped"]

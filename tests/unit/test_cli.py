@@ -1,0 +1,301 @@
+"""The `metatide` command: result lines, phases one by one, exit codes, env inputs, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner, Result
+
+from metatide.extractor import logs
+from metatide.extractor.cli import app
+from metatide.extractor.errors import EXIT_RETRYABLE, EXIT_TERMINAL
+from metatide.extractor.lease import LEASE_KEY
+from metatide.extractor.manifest import MANIFEST_KEY
+from metatide.extractor.marker import MARKER_KEY
+from metatide.extractor.spec import load_spec_file
+from tests.harness import assert_same_state, committed_state
+
+ROOT = Path(__file__).resolve().parents[2]
+METATIDE = ROOT / ".venv" / "bin" / "metatide"
+TABLES = ("customers", "orders", "products")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI points structlog at the runner's stderr; point it back after each test."""
+    yield
+    logs.configure("INFO")
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Path:
+    path = tmp_path / "shop.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(
+            "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL);"
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER, total REAL);"
+            "CREATE TABLE products (id INTEGER PRIMARY KEY, title TEXT -- shown in the shop\n);"
+        )
+    connection.close()
+    return path
+
+
+def spec_document(tmp_path: Path, database: Path, store: str = "store") -> dict[str, Any]:
+    return {
+        "applicationName": "shop",
+        "connectionId": "cli",
+        "source": {"kind": "sqlite", "path": str(database)},
+        "storage": {"url": f"file://{tmp_path / store}"},
+        "columns": {"batchSize": 1, "parallelism": 2},
+        "state": {"tablesPerBucket": 1},
+        "duckdb": {"tempDirectory": str(tmp_path / "duck"), "memoryLimit": "512MB"},
+    }
+
+
+def write_spec(tmp_path: Path, document: dict[str, Any], name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path, database: Path) -> Path:
+    return write_spec(tmp_path, spec_document(tmp_path, database))
+
+
+def invoke(args: list[str], env: dict[str, str | None] | None = None) -> Result:
+    base: dict[str, str | None] = {
+        "METATIDE_SPEC": None,
+        "METATIDE_RUN_ID": None,
+        "JOB_COMPLETION_INDEX": None,
+        "METATIDE_TERMINATION_LOG": None,
+        "METATIDE_LOG_FORMAT": "json",
+    }
+    return CliRunner().invoke(app, args, env={**base, **(env or {})}, catch_exceptions=False)
+
+
+def result_line(result: Result) -> dict[str, Any]:
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    document: dict[str, Any] = json.loads(lines[0])
+    return document
+
+
+def store_root(tmp_path: Path, store: str = "store") -> Path:
+    return tmp_path / store / "persistent-artifacts/apps/shop/connection/cli"
+
+
+def test_run_prints_one_finalize_line(spec_file: Path, tmp_path: Path) -> None:
+    line = result_line(invoke(["run", "--config", str(spec_file)]))
+    assert line["phase"] == "finalize"
+    assert line["full_extraction"] is True
+    assert line["tables"]["CREATED"] == 3
+    assert line["state_rows"] == {"database": 1, "schema": 1, "table": 3, "column": 7}
+    assert line["diff"]["column"]["created"] == 7
+    assert line["batches"] == 3
+    root = store_root(tmp_path)
+    assert (root / MANIFEST_KEY).is_file()
+    assert (root / MARKER_KEY).is_file()
+    assert not (root / LEASE_KEY).exists()
+    again = result_line(invoke(["run", "-c", str(spec_file)]))
+    assert again["tables"]["NO CHANGE"] == 3
+    assert again["parent_run_id"] == line["run_id"]
+
+
+def test_run_as_a_subprocess(spec_file: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "METATIDE_LOG_FORMAT": "json"}
+    for name in ("METATIDE_SPEC", "METATIDE_RUN_ID", "METATIDE_TERMINATION_LOG"):
+        env.pop(name, None)
+    completed = subprocess.run(
+        [str(METATIDE), "run", "--config", str(spec_file)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert len(lines) == 1, completed.stdout
+    line = json.loads(lines[0])
+    assert line["phase"] == "finalize"
+    assert line["tables"] == {
+        "CREATED": 3,
+        "UPDATED": 0,
+        "NO CHANGE": 0,
+        "BACKFILL": 0,
+        "deleted": 0,
+    }
+
+
+def test_phases_one_by_one_equal_run(spec_file: Path, tmp_path: Path, database: Path) -> None:
+    planned = result_line(invoke(["plan", "--config", str(spec_file)]))
+    assert planned["phase"] == "plan"
+    assert planned["batch_count"] == 3
+    assert planned["tables_to_extract"] == 3
+    run_id = planned["run_id"]
+    batch0 = result_line(
+        invoke(
+            ["columns", "--config", str(spec_file)],
+            env={"JOB_COMPLETION_INDEX": "0", "METATIDE_RUN_ID": run_id},
+        )
+    )
+    assert (batch0["batch"], batch0["run_id"], batch0["tables_present"]) == (0, run_id, 1)
+    extracted = batch0["columns"]
+    for index in (1, 2):
+        batch = result_line(
+            invoke(["columns", "-c", str(spec_file), "--run-id", run_id, "--batch", str(index)])
+        )
+        assert batch["phase"] == "columns"
+        assert batch["batch"] == index
+        assert batch["tables_requested"] == 1
+        assert batch["tables_dropped_since_plan"] == 0
+        extracted += batch["columns"]
+    assert extracted == 7
+    final = result_line(invoke(["finalize", "-c", str(spec_file), "--run-id", run_id]))
+    assert final["phase"] == "finalize"
+    assert final["run_id"] == run_id
+    assert final["state_rows"]["column"] == 7
+
+    reference_file = write_spec(
+        tmp_path, spec_document(tmp_path, database, "reference"), "ref.yaml"
+    )
+    reference = result_line(invoke(["run", "--config", str(reference_file)]))
+    assert reference["state_rows"] == final["state_rows"]
+    assert reference["diff"] == final["diff"]
+    phased = asyncio.run(committed_state(load_spec_file(spec_file), tmp_path / "read-a"))
+    whole = asyncio.run(committed_state(load_spec_file(reference_file), tmp_path / "read-b"))
+    assert_same_state(phased, whole)
+    assert not (store_root(tmp_path) / LEASE_KEY).exists()
+
+
+def test_finalize_before_all_batches_is_terminal(spec_file: Path) -> None:
+    run_id = result_line(invoke(["plan", "-c", str(spec_file)]))["run_id"]
+    result = invoke(["finalize", "-c", str(spec_file), "--run-id", run_id])
+    assert result.exit_code == EXIT_TERMINAL
+    assert "IncompleteRunError" in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_batch_that_does_not_exist_is_terminal(spec_file: Path) -> None:
+    run_id = result_line(invoke(["plan", "-c", str(spec_file)]))["run_id"]
+    result = invoke(["columns", "-c", str(spec_file), "--run-id", run_id, "--batch", "3"])
+    assert result.exit_code == EXIT_TERMINAL
+    assert "batch 3 does not exist" in result.stderr
+
+
+def test_invalid_spec_exits_3_naming_the_field(tmp_path: Path, database: Path) -> None:
+    document = spec_document(tmp_path, database)
+    document["columns"]["batchSize"] = -4
+    result = invoke(["run", "--config", str(write_spec(tmp_path, document))])
+    assert result.exit_code == EXIT_TERMINAL
+    assert "columns.batchSize" in result.stderr
+    assert result.stdout == ""
+
+
+def test_missing_spec_file_exits_3(tmp_path: Path) -> None:
+    result = invoke(["plan", "--config", str(tmp_path / "absent.yaml")])
+    assert result.exit_code == EXIT_TERMINAL
+    assert "absent.yaml" in result.stderr
+
+
+def test_no_spec_at_all_exits_3() -> None:
+    result = invoke(["run"])
+    assert result.exit_code == EXIT_TERMINAL
+    assert "METATIDE_SPEC" in result.stderr
+
+
+def test_finalize_without_a_run_id_exits_3(spec_file: Path) -> None:
+    result = invoke(["finalize", "--config", str(spec_file)])
+    assert result.exit_code == EXIT_TERMINAL
+    assert "--run-id" in result.stderr
+    assert "METATIDE_RUN_ID" in result.stderr
+
+
+def test_columns_without_a_batch_index_exits_3(spec_file: Path) -> None:
+    result = invoke(["columns", "-c", str(spec_file), "--run-id", "20250101t000000z-abcdef12"])
+    assert result.exit_code == EXIT_TERMINAL
+    assert "JOB_COMPLETION_INDEX" in result.stderr
+
+
+def test_malformed_run_id_exits_3(spec_file: Path) -> None:
+    result = invoke(["finalize", "-c", str(spec_file), "--run-id", "../../etc"])
+    assert result.exit_code == EXIT_TERMINAL
+    assert "run id" in result.stderr
+
+
+def test_unreachable_source_is_retryable(tmp_path: Path) -> None:
+    document = spec_document(tmp_path, tmp_path / "missing.sqlite")
+    result = invoke(["run", "--config", str(write_spec(tmp_path, document))])
+    assert result.exit_code == EXIT_RETRYABLE
+    assert "SourceUnavailableError" in result.stderr
+    assert "missing.sqlite" in result.stderr
+    assert not (store_root(tmp_path) / LEASE_KEY).exists()  # the next run is not blocked
+    assert not (store_root(tmp_path) / MANIFEST_KEY).exists()
+
+
+def test_unreachable_source_as_a_subprocess_exits_75(tmp_path: Path) -> None:
+    document = spec_document(tmp_path, tmp_path / "missing.sqlite")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("METATIDE_")}
+    completed = subprocess.run(
+        [str(METATIDE), "plan", "--config", str(write_spec(tmp_path, document))],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == EXIT_RETRYABLE, completed.stderr
+    assert completed.stdout == ""
+
+
+def test_spec_from_the_environment(tmp_path: Path, database: Path) -> None:
+    spec_json = json.dumps(spec_document(tmp_path, database))
+    line = result_line(invoke(["run"], env={"METATIDE_SPEC": spec_json}))
+    assert line["phase"] == "finalize"
+    assert line["state_rows"]["table"] == 3
+
+
+def test_bad_json_in_the_environment_exits_3() -> None:
+    result = invoke(["run"], env={"METATIDE_SPEC": "{nope"})
+    assert result.exit_code == EXIT_TERMINAL
+    assert "METATIDE_SPEC environment variable is not valid JSON" in result.stderr
+
+
+def test_termination_log_gets_the_result_line(spec_file: Path, tmp_path: Path) -> None:
+    log = tmp_path / "termination-log"
+    result = invoke(["run", "-c", str(spec_file)], env={"METATIDE_TERMINATION_LOG": str(log)})
+    line = result_line(result)
+    assert json.loads(log.read_text(encoding="utf-8")) == line
+
+
+def test_termination_log_gets_the_error(tmp_path: Path) -> None:
+    log = tmp_path / "termination-log"
+    document = spec_document(tmp_path, tmp_path / "missing.sqlite")
+    result = invoke(
+        ["plan", "-c", str(write_spec(tmp_path, document))],
+        env={"METATIDE_TERMINATION_LOG": str(log)},
+    )
+    assert result.exit_code == EXIT_RETRYABLE
+    assert log.read_text(encoding="utf-8").startswith("SourceUnavailableError: ")
+
+
+def test_demo_prints_created_updated_and_deleted(tmp_path: Path) -> None:
+    result = invoke(["demo", "--keep", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.stderr
+    output = result.stdout
+    for change in ("created", "updated", "deleted"):
+        assert change in output
+    assert "invoices" in output
+    assert "products" in output

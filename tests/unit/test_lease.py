@@ -1,0 +1,152 @@
+"""The run lease on the local store: re-entry, exclusion, expiry, dead holders, release."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from metatide.extractor.errors import EXIT_RETRYABLE, LeaseHeldError
+from metatide.extractor.ids import RunId
+from metatide.extractor.lease import LEASE_KEY, LeaseDocument, acquire_lease, release_lease
+from metatide.extractor.storage import LocalStore
+
+RUN_A = RunId("20250101t000000z-aaaaaaaa")
+RUN_B = RunId("20250101t000001z-bbbbbbbb")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "store")
+
+
+def holder(store: LocalStore) -> LeaseDocument:
+    document = LeaseDocument.parse(asyncio.run(store.get(LEASE_KEY)).data)
+    assert document is not None
+    return document
+
+
+def plant(
+    store: LocalStore, run_id: str, pid: int, expires_in: timedelta, host: str | None = None
+) -> None:
+    document = LeaseDocument(
+        run_id=run_id,
+        host=host or socket.gethostname(),
+        pid=pid,
+        expires_at=(datetime.now(UTC) + expires_in).isoformat(),
+    )
+    asyncio.run(store.put(LEASE_KEY, document.to_bytes()))
+
+
+def dead_pid() -> int:
+    """The pid of a process this test started and reaped: certainly not running any more."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_acquire_writes_a_lease_naming_this_process(store: LocalStore) -> None:
+    asyncio.run(acquire_lease(store, RUN_A, 60))
+    lease = holder(store)
+    assert lease.run_id == RUN_A
+    assert lease.pid == os.getpid()
+    assert lease.host == socket.gethostname()
+    expires = datetime.fromisoformat(lease.expires_at)
+    assert timedelta(seconds=50) < expires - datetime.now(UTC) <= timedelta(seconds=60)
+
+
+def test_the_same_run_acquires_twice(store: LocalStore) -> None:
+    asyncio.run(acquire_lease(store, RUN_A, 60))
+    first = holder(store)
+    asyncio.run(acquire_lease(store, RUN_A, 3600))
+    second = holder(store)
+    assert second.run_id == RUN_A
+    assert datetime.fromisoformat(second.expires_at) > datetime.fromisoformat(first.expires_at)
+
+
+def test_another_run_is_refused_naming_the_holder(store: LocalStore) -> None:
+    asyncio.run(acquire_lease(store, RUN_A, 60))
+    with pytest.raises(LeaseHeldError) as caught:
+        asyncio.run(acquire_lease(store, RUN_B, 60))
+    message = str(caught.value)
+    assert RUN_A in message
+    assert holder(store).expires_at in message
+    assert store.location in message
+    assert LEASE_KEY in message
+    assert caught.value.exit_code == EXIT_RETRYABLE
+    assert holder(store).run_id == RUN_A
+
+
+def test_a_live_holder_on_this_host_keeps_the_lease(store: LocalStore) -> None:
+    plant(store, RUN_A, os.getpid(), timedelta(minutes=5))
+    with pytest.raises(LeaseHeldError, match=RUN_A):
+        asyncio.run(acquire_lease(store, RUN_B, 60))
+
+
+def test_a_holder_on_another_host_is_not_presumed_dead(store: LocalStore) -> None:
+    plant(store, RUN_A, dead_pid(), timedelta(minutes=5), host="some-other-host.invalid")
+    with pytest.raises(LeaseHeldError, match=RUN_A):
+        asyncio.run(acquire_lease(store, RUN_B, 60))
+
+
+def test_an_expired_lease_is_taken_over(store: LocalStore) -> None:
+    plant(store, RUN_A, os.getpid(), timedelta(seconds=-1), host="some-other-host.invalid")
+    asyncio.run(acquire_lease(store, RUN_B, 60))
+    assert holder(store).run_id == RUN_B
+
+
+def test_a_lease_of_a_dead_process_on_this_host_is_taken_over(store: LocalStore) -> None:
+    plant(store, RUN_A, dead_pid(), timedelta(hours=1))
+    asyncio.run(acquire_lease(store, RUN_B, 60))
+    lease = holder(store)
+    assert lease.run_id == RUN_B
+    assert lease.pid == os.getpid()
+
+
+def test_a_damaged_lease_is_taken_over(store: LocalStore) -> None:
+    asyncio.run(store.put(LEASE_KEY, b"{not json"))
+    asyncio.run(acquire_lease(store, RUN_B, 60))
+    assert holder(store).run_id == RUN_B
+
+
+@pytest.mark.parametrize("expires_at", ["soon", "", "2025-01-01T00:00:00", "2999-01-01T00:00:00"])
+def test_a_lease_with_an_unreadable_expiry_is_taken_over(
+    store: LocalStore, expires_at: str
+) -> None:
+    """The module treats a damaged lease as free; an expiry that is not an aware ISO time (the
+    only kind this module writes) is damage too, and must not crash the run."""
+    document = {"run_id": RUN_A, "host": "elsewhere.invalid", "pid": 1, "expires_at": expires_at}
+    asyncio.run(store.put(LEASE_KEY, json.dumps(document).encode()))
+    asyncio.run(acquire_lease(store, RUN_B, 60))
+    assert holder(store).run_id == RUN_B
+
+
+def test_release_gives_back_only_your_own_lease(store: LocalStore, tmp_path: Path) -> None:
+    asyncio.run(acquire_lease(store, RUN_A, 60))
+    asyncio.run(release_lease(store, RUN_B))
+    assert holder(store).run_id == RUN_A
+    asyncio.run(release_lease(store, RUN_A))
+    assert not (tmp_path / "store" / LEASE_KEY).exists()
+    asyncio.run(acquire_lease(store, RUN_B, 60))
+    assert holder(store).run_id == RUN_B
+
+
+def test_release_without_a_lease_is_a_no_op(store: LocalStore, tmp_path: Path) -> None:
+    asyncio.run(release_lease(store, RUN_A))
+    assert not (tmp_path / "store" / LEASE_KEY).exists()
+
+
+def test_lease_document_round_trip() -> None:
+    document = LeaseDocument(run_id=RUN_A, host="h", pid=7, expires_at="2025-01-01T00:00:00+00:00")
+    assert LeaseDocument.parse(document.to_bytes()) == document
+    assert LeaseDocument.parse(b'{"run_id": "x"}') is None
+    assert LeaseDocument.parse(b"[1, 2]") is None
+    assert document.expired(datetime(2025, 1, 1, tzinfo=UTC))
+    assert not document.expired(datetime(2024, 12, 31, tzinfo=UTC))
