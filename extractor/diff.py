@@ -81,7 +81,8 @@ def column_reasons(
     )
     reasons = [table_reasons.get(key, "dropped") for key in keys]
     index = deleted_columns.schema.get_field_index("reason")
-    return deleted_columns.set_column(index, "reason", pa.array(reasons, pa.string()))
+    field = deleted_columns.schema.field("reason")
+    return deleted_columns.set_column(index, field, pa.array(reasons, pa.string()))
 
 
 def scope_reasons(

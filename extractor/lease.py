@@ -37,10 +37,10 @@ class LeaseDocument:
     def parse(cls, data: bytes) -> LeaseDocument | None:
         try:
             document = cls(**json.loads(data))
-            datetime.fromisoformat(document.expires_at)
+            aware = datetime.fromisoformat(document.expires_at).tzinfo is not None
         except (ValueError, TypeError):
             return None  # a damaged lease protects nothing; treat it as free
-        return document
+        return document if aware else None
 
     def expired(self, now: datetime) -> bool:
         return datetime.fromisoformat(self.expires_at) <= now

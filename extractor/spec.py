@@ -14,11 +14,19 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from metatide.extractor.errors import CredentialsError, SpecError
@@ -70,8 +78,9 @@ class SecretRef(_Model):
         """The secret's value; the error names the variable, never a value."""
         value = os.environ.get(self.env)
         if not value:
+            state = "is empty" if value == "" else "is not set"
             raise CredentialsError(
-                f"{what} is read from the environment variable {self.env}, which is not set; "
+                f"{what} is read from the environment variable {self.env}, which {state}; "
                 f"export {self.env}=... (or set secretKeyRef on Kubernetes)"
             )
         return value
@@ -208,6 +217,16 @@ class MarkerSpec(_Model):
         default=SEED_DEFAULT_MARKER,
         description="Marker assumed when no state exists yet (UTC, in `format`).",
     )
+
+    @model_validator(mode="after")
+    def _default_matches_format(self) -> MarkerSpec:
+        try:
+            datetime.strptime(self.default, self.format)
+        except ValueError:
+            raise ValueError(
+                f"default {self.default!r} does not match format {self.format!r}"
+            ) from None
+        return self
 
 
 class MassDeleteGuardSpec(_Model):

@@ -16,13 +16,13 @@ from metatide.extractor.phases.run import run
 from metatide.extractor.spec import ExtractionSpec
 from metatide.extractor.state import read_committed
 from metatide.extractor.storage import open_store
-from tests.faults import CrashPoint, FaultyStore, InjectedCrash
+from tests.faults import CrashPoint, FaultyStore, InjectedCrashError
 from tests.harness import assert_same_state, committed_state, full_state, run_pipeline
 
 
 def crash_in_process(spec: ExtractionSpec, point: CrashPoint, workdir: Path) -> None:
     store = FaultyStore(open_store(spec), point, "raise")
-    with pytest.raises(InjectedCrash):
+    with pytest.raises(InjectedCrashError):
         asyncio.run(run(spec, store, workdir))
     assert store.crashed
 
@@ -57,7 +57,8 @@ def check_recovery(
     before = asyncio.run(read_committed(open_store(spec)))
     crash(spec, point, tmp_path / "crashed")
     after_crash = asyncio.run(read_committed(open_store(spec)))
-    assert before is not None and after_crash is not None
+    assert before is not None
+    assert after_crash is not None
     if point.name == "after-manifest-before-marker":
         assert after_crash.manifest.parent_run_id == before.manifest.run_id  # committed, kept
     else:

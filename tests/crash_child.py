@@ -12,10 +12,10 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # append: never shadow the stdlib
 
-from metatide.extractor.phases.run import run  # noqa: E402
-from metatide.extractor.spec import load_spec_file  # noqa: E402
-from metatide.extractor.storage import open_store  # noqa: E402
-from tests.faults import CRASH_POINTS, FaultyStore  # noqa: E402
+from metatide.extractor.phases.run import run
+from metatide.extractor.spec import load_spec_file
+from metatide.extractor.storage import open_store
+from tests.faults import CRASH_POINTS, FaultyStore
 
 
 def main() -> None:

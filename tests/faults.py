@@ -1,7 +1,7 @@
 """Fault injection for crash tests: a Store wrapper that fails at a chosen write.
 
 `CrashPoint` names a moment of the pipeline by the write that happens there; the wrapper
-either raises `InjectedCrash` (an exception inside the process) or SIGKILLs its own process
+either raises `InjectedCrashError` (an exception inside the process) or SIGKILLs its own process
 (a real crash: no finally blocks, no lease release) just before that write reaches the store.
 """
 
@@ -36,7 +36,7 @@ CRASH_POINTS = [
 ]
 
 
-class InjectedCrash(RuntimeError):
+class InjectedCrashError(RuntimeError):
     """The failure a crash test injected (not a MetatideError: an unexpected crash)."""
 
 
@@ -59,7 +59,7 @@ class FaultyStore:
         self.crashed = True
         if self._mode == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
-        raise InjectedCrash(f"injected crash at {self._point.name} ({key})")
+        raise InjectedCrashError(f"injected crash at {self._point.name} ({key})")
 
     @property
     def location(self) -> str:

@@ -26,7 +26,9 @@ from metatide.extractor.storage import KeyNotFoundError, Store, open_store
 State = dict[Entity, pa.Table]
 
 
-def make_spec(source: dict[str, Any], storage: dict[str, Any] | str, **fields: Any) -> ExtractionSpec:
+def make_spec(
+    source: dict[str, Any], storage: dict[str, Any] | str, **fields: Any
+) -> ExtractionSpec:
     """A spec with test defaults; `storage` is a URL or a storage mapping."""
     document: dict[str, Any] = {
         "applicationName": "tests",

@@ -15,23 +15,30 @@ Choices worth knowing:
   composite types and TOAST tables are not. System schemas (pg_catalog, information_schema,
   pg_toast, pg_temp_N, pg_toast_temp_N) are left out.
 - Every read runs in a read-only REPEATABLE READ transaction that first pins search_path to
-  '' and the output styles (DateStyle, IntervalStyle, extra_float_digits, bytea_output) with
-  SET LOCAL semantics: `format_type`, `pg_get_expr` and `pg_get_viewdef` print
-  schema-qualified names and constants the same way whatever the role's settings are, so
-  fingerprints do not flip between sessions. (Per transaction rather than as startup
-  parameters, so connection poolers such as PgBouncer accept it.)
-- Names are only ever bound as parameters (`text[]` arrays), never pasted into SQL.
+  '' and the output styles (DateStyle, IntervalStyle, extra_float_digits, bytea_output,
+  TimeZone) for that transaction only: `format_type`, `pg_get_expr` and `pg_get_viewdef`
+  then print schema-qualified names and constants the same way whatever the role's
+  settings, so fingerprints do not flip between sessions. (Per transaction rather than as
+  startup parameters, so connection poolers such as PgBouncer accept it.)
+- `tables()` reads `_RELATIONS_PER_READ` relations per transaction, because
+  `pg_get_viewdef` holds a lock on every relation a view reads until the transaction ends
+  and the server's lock table is shared and small. A relation dropped while a listing runs
+  is left out; one created meanwhile is found by the next run.
+- Names are only ever bound as parameters (`text[]` and `oid[]` arrays), never pasted
+  into SQL.
 - One connection per database, opened lazily; at most `_IDLE_CONNECTIONS` stay open, the
-  least recently used one is closed beyond that. Calls on the same database take turns
-  (asyncpg runs one query per connection at a time); different databases proceed in parallel.
+  least recently used one is closed beyond that. A call reads its databases one after the
+  other; concurrent calls on the same database take turns on its connection (asyncpg runs
+  one query per connection at a time).
 - A database that disappears after it was listed is skipped by `schemas()` and `tables()`,
   and its tables are reported absent by `columns()`; the DSN's own database or one named in
   `spec.databases` that does not exist is an `UnknownDatabaseError` (terminal).
 - Driver errors are translated in one place (`_translate`, applied by `_driver_errors`):
-  unreachable or overloaded servers are `SourceUnavailableError` (retryable; connection
-  attempts are also retried a few times with a short backoff), refused logins and missing
-  privileges `CredentialsError`, a bad DSN `SpecError`. Messages name host:port, database and
-  user and never contain the password or the DSN.
+  unreachable, restarting or overloaded servers and lock timeouts are
+  `SourceUnavailableError` (retryable; connection attempts are also retried a few times
+  with a short backoff), refused logins and missing privileges `CredentialsError`, a bad
+  DSN `SpecError`. Messages name host:port, database and user and never contain the
+  password or the DSN.
 """
 
 from __future__ import annotations
@@ -48,12 +55,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import pyarrow as pa
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-)
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from metatide.extractor.errors import (
     CredentialsError,
@@ -71,8 +73,8 @@ _IDLE_CONNECTIONS: Final = 4
 _CONNECT_ATTEMPTS: Final = 3
 _COLUMN_CHUNK_ROWS: Final = 50_000
 # pg_get_viewdef keeps a lock on every relation a view reads until the transaction ends, and
-# the server's lock table holds max_locks_per_transaction x max_connections entries (6,400
-# by default) for all sessions together: tables() reads this many relations per transaction.
+# the server's lock table, shared by all sessions, holds max_locks_per_transaction x
+# max_connections entries (about 6,400 by default): tables() reads this many per transaction.
 _RELATIONS_PER_READ: Final = 500
 _CLOSE_TIMEOUT_S: Final = 5.0
 _APPLICATION_NAME: Final = "metatide"
@@ -81,7 +83,9 @@ _T = TypeVar("_T")
 
 # Deterministic output of format_type / pg_get_expr / pg_get_viewdef (see the module
 # docstring), and speed: JIT compilation costs more than it saves on catalog queries, and
-# the column sorts of 100,000s of rows should not spill to disk. Local to the transaction.
+# the column sorts of 100,000s of rows should not spill to disk. pg_get_viewdef locks the
+# relations a view reads: behind a long DDL it gives up after lock_timeout (a retryable
+# error) rather than hang. All local to the transaction.
 _PIN_SETTINGS = """
 SELECT pg_catalog.set_config('search_path', '', true),
        pg_catalog.set_config('DateStyle', 'ISO, YMD', true),
@@ -90,7 +94,8 @@ SELECT pg_catalog.set_config('search_path', '', true),
        pg_catalog.set_config('bytea_output', 'hex', true),
        pg_catalog.set_config('TimeZone', 'UTC', true),
        pg_catalog.set_config('jit', 'off', true),
-       pg_catalog.set_config('work_mem', '64MB', true)
+       pg_catalog.set_config('work_mem', '64MB', true),
+       pg_catalog.set_config('lock_timeout', '30s', true)
 """
 
 _CLOCK = "SELECT pg_catalog.statement_timestamp()"
@@ -117,12 +122,15 @@ ORDER BY n.nspname COLLATE "C"
 
 # The fields of one column, shared by the fingerprint and by columns(). Needs `a`
 # (pg_attribute) and the joins below; the order is COLUMN_SCHEMA's from column_name on.
+# pg_get_expr with a relation opens and locks it (waiting behind any DDL in progress); a
+# default cannot refer to columns, so it is deparsed without one (same text, no lock). Only
+# a generated column's expression refers to columns and needs its relation.
 _COLUMN_FIELDS = """
     a.attname,
     a.attnum::int4,
     pg_catalog.format_type(a.atttypid, a.atttypmod),
     NOT a.attnotnull,
-    pg_catalog.pg_get_expr(ad.adbin, ad.adrelid),
+    pg_catalog.pg_get_expr(ad.adbin, CASE WHEN a.attgenerated = '' THEN 0 ELSE ad.adrelid END),
     cd.description,
     pk.indrelid IS NOT NULL
 """
@@ -196,7 +204,6 @@ ORDER BY i
 """
 
 # The requested relations that exist; $1 and $2 are parallel arrays of schema and table.
-# The requested relations that exist; $1 and $2 are parallel arrays of schema and table.
 # (`unnest` of two arrays is FROM-clause syntax, not a function: it cannot be qualified,
 # and search_path is '' here, so only pg_catalog's can be meant.)
 _PRESENT = f"""
@@ -230,6 +237,7 @@ _TRANSIENT_ERRORS = (
     asyncpg.OperatorInterventionError,  # CannotConnectNow, AdminShutdown, QueryCanceled
     asyncpg.InsufficientResourcesError,  # includes TooManyConnectionsError
     asyncpg.TransactionRollbackError,  # serialization failure, deadlock
+    asyncpg.LockNotAvailableError,  # lock_timeout behind a DDL in progress
 )
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -302,6 +310,7 @@ class PostgresSource:
     ) -> None:
         connections = list(self._open.values())
         self._open.clear()
+        self._dsn = self._password = self._home = None
         await asyncio.gather(*(_close(conn) for conn in connections))
 
     # -- the Source protocol -------------------------------------------------------------
@@ -451,17 +460,23 @@ class PostgresSource:
 
     @asynccontextmanager
     async def _session(self, database: str) -> AsyncIterator[Any]:
-        """The database's connection, for one caller at a time; errors leave translated."""
-        if self._dsn is None:
-            raise RuntimeError("use the source as `async with` before calling it")
+        """The database's connection, for one caller at a time; errors leave translated.
+
+        A connection that failed or was interrupted is closed and forgotten: the next call
+        opens a new one.
+        """
         async with self._locks[database]:
             conn = self._open.pop(database, None)
             if conn is None or conn.is_closed():
                 conn = await self._connect(database)
             self._open[database] = conn  # most recently used last
             try:
-                with self._driver_errors(database):
+                with self._driver_errors(database, conn=conn):
                     yield conn
+            except asyncio.CancelledError:
+                self._open.pop(database, None)
+                conn.terminate()  # mid-query: its state is unknown
+                raise
             except SourceUnavailableError:
                 self._open.pop(database, None)
                 await _close(conn)
@@ -478,6 +493,8 @@ class PostgresSource:
 
     async def _connect(self, database: str | None) -> Any:
         """Open a connection (None: the DSN's database), retrying transient failures."""
+        if self._dsn is None:
+            raise RuntimeError("use the source as `async with` before calling it")
         retrying = AsyncRetrying(
             stop=stop_after_attempt(_CONNECT_ATTEMPTS),
             wait=wait_exponential(multiplier=0.2, max=2.0),
@@ -497,18 +514,23 @@ class PostgresSource:
     # -- the error boundary --------------------------------------------------------------
 
     @contextmanager
-    def _driver_errors(self, database: str | None, *, connecting: bool = False) -> Iterator[None]:
+    def _driver_errors(
+        self, database: str | None, *, connecting: bool = False, conn: Any = None
+    ) -> Iterator[None]:
         """Translate driver exceptions raised inside into metatide's (the one boundary)."""
+        # While connecting, a ValueError is asyncpg failing to parse the DSN.
+        caught = (*_DRIVER_ERRORS, ValueError) if connecting else _DRIVER_ERRORS
         try:
             yield
-        except _DRIVER_ERRORS as exc:
-            error = self._translate(exc, database, connecting=connecting)
+        except caught as exc:
+            lost = conn is not None and conn.is_closed()
+            error = self._translate(_original(exc), database, connecting=connecting, lost=lost)
             if self._reveals_secret(exc):
                 raise error from None
             raise error from exc
 
     def _translate(
-        self, exc: BaseException, database: str | None, *, connecting: bool
+        self, exc: BaseException, database: str | None, *, connecting: bool, lost: bool
     ) -> MetatideError:
         where = self._target.describe(database)
         name = database or self._target.database or "(default)"
@@ -527,14 +549,14 @@ class PostgresSource:
                 f"password in {secret} and that the user may connect to and read the "
                 "database's catalog"
             )
-        if isinstance(exc, _TRANSIENT_ERRORS):
+        if lost or isinstance(exc, _TRANSIENT_ERRORS):
             verb = "cannot connect to" if connecting else "reading the catalog failed on"
             return SourceUnavailableError(
                 f"{verb} {where} ({reason}"
                 f"{f', timeout {self._spec.connect_timeout_seconds:g}s' if connecting else ''})."
                 " Check that the server is running and reachable from here, then retry"
             )
-        if isinstance(exc, asyncpg.ClientConfigurationError):
+        if isinstance(exc, ValueError):  # includes asyncpg.ClientConfigurationError
             return SpecError(f"the source DSN in ${env} is invalid ({reason}); fix that variable")
         return MetatideError(f"{where}: unexpected driver error ({reason})")
 
@@ -601,6 +623,14 @@ class _Names:
             for values, field in zip(fields, _COLUMN_FIELD_TYPES, strict=True)
         ]
         return pa.Table.from_arrays(arrays, schema=COLUMN_SCHEMA)
+
+
+def _original(exc: BaseException) -> BaseException:
+    """The error that matters: asyncpg, cleaning up on a dead connection, raises another."""
+    context = exc.__context__
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(context, _DRIVER_ERRORS):
+        return context
+    return exc
 
 
 async def _close(conn: Any) -> None:

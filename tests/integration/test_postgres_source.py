@@ -32,6 +32,7 @@ from metatide.extractor.errors import (
 from metatide.extractor.ids import TableKey
 from metatide.extractor.records import COLUMN_SCHEMA, TABLE_SCHEMA
 from metatide.extractor.scope import Scope
+from metatide.extractor.sources import postgres
 from metatide.extractor.sources.postgres import PostgresSource, UnknownDatabaseError
 from metatide.extractor.spec import PostgresSourceSpec, ScopeRule, ScopeSpec, SecretRef
 from tests.services import (
@@ -156,7 +157,8 @@ CREATE TABLE app.orders (
     code varchar(12) NOT NULL DEFAULT 'x',
     amount numeric(10, 2),
     mood app.mood,
-    placed date DEFAULT '2024-01-31'
+    placed date DEFAULT '2024-01-31',
+    gross numeric GENERATED ALWAYS AS (amount * 1.2) STORED
 );
 COMMENT ON TABLE app.orders IS 'all orders';
 COMMENT ON COLUMN app.orders.amount IS 'in EUR';
@@ -258,6 +260,16 @@ def test_lists_every_level_with_comments_and_types(db: Db, monkeypatch: pytest.M
             "data_type": "date",
             "is_nullable": True,
             "column_default": "'2024-01-31'::date",
+            "comment": None,
+            "is_primary_key": False,
+        },
+        {
+            **base,
+            "column_name": "gross",
+            "ordinal_position": 6,
+            "data_type": "numeric",
+            "is_nullable": True,
+            "column_default": "(amount * 1.2)",  # a generated column's expression
             "comment": None,
             "is_primary_key": False,
         },
@@ -576,6 +588,91 @@ def test_thousands_of_tables_go_through_bound_arrays(
     assert elapsed < 30, f"listing {count} tables took {elapsed:.1f}s"
 
 
+def test_listing_in_small_transactions_gives_the_same_rows(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.execute(
+        "CREATE SCHEMA a; CREATE SCHEMA b;"
+        + "".join(f"CREATE TABLE a.t{i} (x int, y text DEFAULT 'v{i}');" for i in range(8))
+        + "".join(f"CREATE VIEW b.v{i} AS SELECT * FROM a.t{i};" for i in range(8))
+    )
+    whole = snap(monkeypatch, db)
+    monkeypatch.setattr(postgres, "_RELATIONS_PER_READ", 3)
+    chunked = snap(monkeypatch, db)
+    assert chunked.tables.num_rows == 16
+    assert chunked.tables.equals(whole.tables)
+    assert chunked.columns.equals(whole.columns)
+
+
+def test_tables_under_ddl_are_read_without_waiting(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    db.execute("CREATE TABLE busy (x int DEFAULT 1); CREATE TABLE calm (y int)")
+    before = snap(monkeypatch, db)
+
+    async def during_migration() -> Snapshot:
+        migration = await asyncpg.connect(db.dsn)
+        try:
+            await migration.execute("BEGIN; ALTER TABLE busy ADD COLUMN z int DEFAULT 2")
+            spec = {"databases": [db.name]}
+            return await asyncio.wait_for(snapshot_of(source(monkeypatch, db.dsn, **spec)), 20)
+        finally:
+            await migration.close()  # rolls the migration back
+
+    during = run(during_migration())  # catalog reads are MVCC: no lock on `busy` needed
+    assert during.fingerprints() == before.fingerprints()
+    assert during.columns.equals(before.columns)
+
+
+def test_a_view_locked_by_ddl_is_a_retryable_error(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    db.execute("CREATE TABLE base (x int); CREATE VIEW over AS SELECT x FROM base")
+    settings = postgres._PIN_SETTINGS.replace("'lock_timeout', '30s'", "'lock_timeout', '200ms'")
+    assert settings != postgres._PIN_SETTINGS
+    monkeypatch.setattr(postgres, "_PIN_SETTINGS", settings)
+
+    async def during_migration() -> None:
+        migration = await asyncpg.connect(db.dsn)
+        try:
+            await migration.execute("BEGIN; LOCK TABLE base IN ACCESS EXCLUSIVE MODE")
+            await snapshot_of(source(monkeypatch, db.dsn, databases=[db.name]))
+        finally:
+            await migration.close()
+
+    with pytest.raises(SourceUnavailableError, match="LockNotAvailable"):
+        run(during_migration())
+
+
+def test_a_lost_connection_is_retryable_and_the_next_call_reconnects(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db.execute("CREATE TABLE base (x int); CREATE VIEW over AS SELECT x FROM base")
+    terminate = (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'metatide' AND datname = $1"
+    )
+
+    async def go() -> pa.Table:
+        admin = await asyncpg.connect(db.dsn)
+        try:
+            async with source(monkeypatch, db.dsn, databases=[db.name]) as src:
+                schemas = await src.schemas([db.name], EVERYTHING)
+                # Idle connection killed: noticed, replaced on the next call.
+                await admin.execute(terminate, db.name)
+                await asyncio.sleep(0.2)
+                await src.tables(schemas, EVERYTHING)
+                # Killed in the middle of a query (waiting for a lock on `base`):
+                await admin.execute("BEGIN; LOCK TABLE base IN ACCESS EXCLUSIVE MODE")
+                listing = asyncio.ensure_future(src.tables(schemas, EVERYTHING))
+                await asyncio.sleep(0.5)
+                await admin.execute(terminate, db.name)
+                with pytest.raises(SourceUnavailableError, match=db.name):
+                    await listing
+                await admin.execute("ROLLBACK")
+                return await src.tables(schemas, EVERYTHING)
+        finally:
+            await admin.close()
+
+    assert run(go()).column("table_name").to_pylist() == ["base", "over"]
+
+
 # -- errors ------------------------------------------------------------------------------
 
 
@@ -654,17 +751,36 @@ def test_unknown_database_is_terminal_and_named(db: Db, monkeypatch: pytest.Monk
     assert password not in _full_text(from_dsn.value)
 
 
-def test_a_dsn_that_is_not_a_uri_is_a_spec_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    dsn = "host=127.0.0.1 user=metatide password=kv-Secret-7"
-
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "host=127.0.0.1 user=metatide password=kv-Secret-7",  # libpq key=value: not a URI
+        "postgresql://metatide:kv-Secret-7@127.0.0.1:54x32/postgres",  # bad port
+    ],
+)
+def test_an_invalid_dsn_is_a_spec_error(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     async def go() -> None:
-        async with source(monkeypatch, dsn):
-            pass
+        async with source(monkeypatch, dsn) as src:
+            await src.clock()
 
     with pytest.raises(SpecError) as caught:
         run(go())
     assert "kv-Secret-7" not in _full_text(caught.value)
     assert DSN_ENV in str(caught.value)
+
+
+def test_the_source_must_be_entered(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = source(monkeypatch, db.dsn)
+    with pytest.raises(RuntimeError, match="async with"):
+        run(src.clock())
+
+    async def use_after_exit() -> None:
+        async with src:
+            await src.clock()
+        await src.clock()
+
+    with pytest.raises(RuntimeError, match="async with"):
+        run(use_after_exit())
 
 
 def test_missing_dsn_variable_is_a_credentials_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ Examples: 100 by default (CI); set METATIDE_HYPOTHESIS_PROFILE=thorough for 2,00
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -53,8 +54,19 @@ settings.register_profile("smoke", parent=settings.get_profile("ci"), max_exampl
 PROFILE = os.environ.get("METATIDE_HYPOTHESIS_PROFILE", "ci")
 
 NAMES = st.sampled_from(["a", "b", "Cap", 'we"ird', "dot.ted", "br{ace}", "sp ace", "ü1", "x"])
-TYPES = st.sampled_from(["integer", "bigint", "text", "varchar(20)", "numeric(10,2)",
-                         "boolean", "timestamptz", "jsonb", "integer[]"])
+TYPES = st.sampled_from(
+    [
+        "integer",
+        "bigint",
+        "text",
+        "varchar(20)",
+        "numeric(10,2)",
+        "boolean",
+        "timestamptz",
+        "jsonb",
+        "integer[]",
+    ]
+)
 COMMENTS = st.one_of(st.none(), st.sampled_from(["", "a comment", "it's {x}", "ü"]))
 
 
@@ -114,16 +126,20 @@ class IncrementalMachine(RuleBasedStateMachine):
 
     def ddl(self, statement: str) -> None:
         """Apply DDL; statements PostgreSQL refuses (dependencies, casts) are no-ops."""
-        try:
+        with contextlib.suppress(asyncpg.PostgresError):
             self.loop.run_until_complete(self.connection.execute(statement))
-        except asyncpg.PostgresError:
-            pass
         self._refresh()
 
     def _refresh(self) -> None:
-        self.schemas = [row[0] for row in self.loop.run_until_complete(self.connection.fetch(
-            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
-            "AND nspname <> 'information_schema' ORDER BY 1"))]
+        self.schemas = [
+            row[0]
+            for row in self.loop.run_until_complete(
+                self.connection.fetch(
+                    "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+                    "AND nspname <> 'information_schema' ORDER BY 1"
+                )
+            )
+        ]
         rows = self.loop.run_until_complete(self.connection.fetch(_CATALOG, self.schemas))
         self.relations = [(r[0], r[1], r[2], list(r[3])) for r in rows]
 
@@ -132,8 +148,11 @@ class IncrementalMachine(RuleBasedStateMachine):
 
     def spec(self, batch_size: int) -> Any:
         return make_spec(
-            {"kind": "postgresql", "dsnFrom": {"env": "METATIDE_PROPERTY_DSN"},
-             "databases": [self.database]},
+            {
+                "kind": "postgresql",
+                "dsnFrom": {"env": "METATIDE_PROPERTY_DSN"},
+                "databases": [self.database],
+            },
             f"file://{self.folder}/store",
             columns={"batchSize": batch_size, "parallelism": 2},
             state={"tablesPerBucket": 2},
@@ -143,8 +162,9 @@ class IncrementalMachine(RuleBasedStateMachine):
     @initialize(count=st.integers(min_value=0, max_value=3), data=st.data())
     def seed_tables(self, count: int, data: st.DataObject) -> None:
         for index in range(count):
-            columns = data.draw(st.lists(st.tuples(NAMES, TYPES), min_size=0, max_size=3,
-                                         unique_by=lambda c: c[0]))
+            columns = data.draw(
+                st.lists(st.tuples(NAMES, TYPES), min_size=0, max_size=3, unique_by=lambda c: c[0])
+            )
             body = ", ".join(f"{ident(n)} {t}" for n, t in columns)
             self.ddl(f"CREATE TABLE public.{ident(f't{index}')} ({body})")
 
@@ -158,11 +178,15 @@ class IncrementalMachine(RuleBasedStateMachine):
         schema = data.draw(st.sampled_from([s for s in self.schemas if s != "public"]))
         self.ddl(f"DROP SCHEMA {ident(schema)} CASCADE")
 
-    @rule(data=st.data(), name=NAMES, columns=st.lists(st.tuples(NAMES, TYPES), max_size=4,
-                                                          unique_by=lambda c: c[0]),
-          primary=st.booleans())
-    def create_table(self, data: st.DataObject, name: str, columns: list[tuple[str, str]],
-                     primary: bool) -> None:
+    @rule(
+        data=st.data(),
+        name=NAMES,
+        columns=st.lists(st.tuples(NAMES, TYPES), max_size=4, unique_by=lambda c: c[0]),
+        primary=st.booleans(),
+    )
+    def create_table(
+        self, data: st.DataObject, name: str, columns: list[tuple[str, str]], primary: bool
+    ) -> None:
         schema = data.draw(st.sampled_from(self.schemas))
         parts = [f"{ident(n)} {t}" for n, t in columns]
         if primary and columns and columns[0][1] in ("integer", "bigint", "text"):
@@ -187,7 +211,9 @@ class IncrementalMachine(RuleBasedStateMachine):
     def add_column(self, data: st.DataObject, column: str, kind: str, not_null: bool) -> None:
         schema, name, _, _ = data.draw(st.sampled_from(self.tables()))
         extra = " NOT NULL DEFAULT 0" if not_null and kind in ("integer", "bigint") else ""
-        self.ddl(f"ALTER TABLE {ident(schema)}.{ident(name)} ADD COLUMN {ident(column)} {kind}{extra}")
+        self.ddl(
+            f"ALTER TABLE {ident(schema)}.{ident(name)} ADD COLUMN {ident(column)} {kind}{extra}"
+        )
 
     @precondition(lambda self: any(t[3] for t in self.tables()))
     @rule(data=st.data())
@@ -201,12 +227,19 @@ class IncrementalMachine(RuleBasedStateMachine):
     def rename_column(self, data: st.DataObject, new_name: str) -> None:
         schema, name, _, columns = data.draw(st.sampled_from([t for t in self.tables() if t[3]]))
         column = data.draw(st.sampled_from(columns))
-        self.ddl(f"ALTER TABLE {ident(schema)}.{ident(name)} RENAME COLUMN {ident(column)} "
-                 f"TO {ident(new_name)}")
+        self.ddl(
+            f"ALTER TABLE {ident(schema)}.{ident(name)} RENAME COLUMN {ident(column)} "
+            f"TO {ident(new_name)}"
+        )
 
     @precondition(lambda self: any(t[3] for t in self.tables()))
-    @rule(data=st.data(), kind=TYPES,
-          change=st.sampled_from(["type", "set not null", "drop not null", "default", "drop default"]))
+    @rule(
+        data=st.data(),
+        kind=TYPES,
+        change=st.sampled_from(
+            ["type", "set not null", "drop not null", "default", "drop default"]
+        ),
+    )
     def alter_column(self, data: st.DataObject, kind: str, change: str) -> None:
         schema, name, _, columns = data.draw(st.sampled_from([t for t in self.tables() if t[3]]))
         column = ident(data.draw(st.sampled_from(columns)))
@@ -224,7 +257,9 @@ class IncrementalMachine(RuleBasedStateMachine):
     def comment(self, data: st.DataObject, comment: str | None) -> None:
         schema, name, kind, columns = data.draw(st.sampled_from(self.relations))
         if columns and data.draw(st.booleans()):
-            target = f"COLUMN {ident(schema)}.{ident(name)}.{ident(data.draw(st.sampled_from(columns)))}"
+            target = (
+                f"COLUMN {ident(schema)}.{ident(name)}.{ident(data.draw(st.sampled_from(columns)))}"
+            )
         else:
             target = {"r": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW"}[kind]
             target += f" {ident(schema)}.{ident(name)}"
@@ -237,8 +272,10 @@ class IncrementalMachine(RuleBasedStateMachine):
         picked = data.draw(st.lists(st.sampled_from(columns), unique=True)) if columns else []
         select = ", ".join(ident(c) for c in picked) or "1 AS one"
         word = "MATERIALIZED VIEW" if materialized else "OR REPLACE VIEW"
-        self.ddl(f"CREATE {word} {ident(schema)}.{ident(name)} AS "
-                 f"SELECT {select} FROM {ident(schema)}.{ident(table)}")
+        self.ddl(
+            f"CREATE {word} {ident(schema)}.{ident(name)} AS "
+            f"SELECT {select} FROM {ident(schema)}.{ident(table)}"
+        )
 
     # Runs are three rules so that about one step in five is a run.
     @rule(batch_size=st.sampled_from([1, 2, 3]))
@@ -260,8 +297,9 @@ class IncrementalMachine(RuleBasedStateMachine):
         tag = f"run{self.runs}"
         summary = asyncio.run(run_pipeline(spec, self.folder / tag))
         state = asyncio.run(committed_state(spec, self.folder / f"{tag}-read"))
-        reference = asyncio.run(full_state(spec, f"file://{self.folder}/full-{tag}",
-                                           self.folder / f"{tag}-full"))
+        reference = asyncio.run(
+            full_state(spec, f"file://{self.folder}/full-{tag}", self.folder / f"{tag}-full")
+        )
         assert_same_state(state, reference)
         diff = asyncio.run(published_diff(open_store(spec), RunId(summary["run_id"])))
         assert diff == expected_diff(self.previous, state)
@@ -293,7 +331,9 @@ def test_incremental_state_equals_full_extraction(
     profile = settings.get_profile(PROFILE)
     IncrementalMachine.TestCase.settings = profile
     IncrementalMachine.TestCase().runTest()
-    print(f"property test: {STATS['examples']} examples, {STATS['runs']} checked runs "
-          f"(profile {PROFILE})")
+    print(
+        f"property test: {STATS['examples']} examples, {STATS['runs']} checked runs "
+        f"(profile {PROFILE})"
+    )
     assert STATS["examples"] >= profile.max_examples
     assert STATS["runs"] >= profile.max_examples

@@ -21,8 +21,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.services import delete_bucket, fresh_bucket, require_s3, s3_client, s3_settings
-from tests.unit.test_local_store import StoreContract, StoreFactory, listing, run
 
 from metatide.extractor.errors import (
     CredentialsError,
@@ -32,6 +30,8 @@ from metatide.extractor.errors import (
 from metatide.extractor.spec import ExtractionSpec
 from metatide.extractor.storage import open_store
 from metatide.extractor.storage.s3 import LIST_PAGE, S3Store, _ConditionalSupport
+from tests.services import delete_bucket, fresh_bucket, require_s3, s3_client, s3_settings
+from tests.unit.test_local_store import StoreContract, StoreFactory, listing, run
 
 pytestmark = pytest.mark.integration
 

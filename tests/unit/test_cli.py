@@ -299,3 +299,26 @@ def test_demo_prints_created_updated_and_deleted(tmp_path: Path) -> None:
         assert change in output
     assert "invoices" in output
     assert "products" in output
+
+
+def test_force_full_flag(spec_file: Path) -> None:
+    result_line(invoke(["run", "-c", str(spec_file)]))
+    again = result_line(invoke(["run", "-c", str(spec_file), "--force-full"]))
+    assert again["full_extraction"] is True
+    assert again["columns"]["extracted"] == 7
+    assert again["diff"]["column"] == {"created": 0, "updated": 0, "deleted": 0}
+
+
+def test_allow_mass_delete_flag(spec_file: Path, database: Path, tmp_path: Path) -> None:
+    result_line(invoke(["run", "-c", str(spec_file)]))
+    with sqlite3.connect(database) as connection:
+        connection.executescript("DROP TABLE orders; DROP TABLE products;")
+    connection.close()
+    refused = invoke(["run", "-c", str(spec_file)])
+    assert refused.exit_code == EXIT_TERMINAL
+    assert "MassDeleteRefusedError" in refused.stderr
+    assert "maxDeletedFraction" in refused.stderr
+    assert not (store_root(tmp_path) / LEASE_KEY).exists()
+    allowed = result_line(invoke(["run", "-c", str(spec_file), "--allow-mass-delete"]))
+    assert allowed["tables"]["deleted"] == 2
+    assert allowed["tables_deleted_by_reason"] == {"dropped": 2, "out_of_scope": 0}

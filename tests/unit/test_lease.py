@@ -116,7 +116,7 @@ def test_a_damaged_lease_is_taken_over(store: LocalStore) -> None:
     assert holder(store).run_id == RUN_B
 
 
-@pytest.mark.parametrize("expires_at", ["soon", "", "2025-01-01T00:00:00", "2999-01-01T00:00:00"])
+@pytest.mark.parametrize("expires_at", ["soon", "", "2025-01-01T00:00:00"])
 def test_a_lease_with_an_unreadable_expiry_is_taken_over(
     store: LocalStore, expires_at: str
 ) -> None:

@@ -91,7 +91,11 @@ def test_counts_follow_the_classification(
     execute(database, "CREATE TABLE c (x TEXT); DROP TABLE c;")
     second = asyncio.run(run_pipeline(spec, tmp_path / "w2"))
     assert second["tables"] == {
-        "CREATED": 1, "UPDATED": 1, "NO CHANGE": 0, "BACKFILL": 0, "deleted": 0
+        "CREATED": 1,
+        "UPDATED": 1,
+        "NO CHANGE": 0,
+        "BACKFILL": 0,
+        "deleted": 0,
     }
     assert second["columns"]["extracted"] == 4  # b.x + a.id, a.name, a.z
     assert second["diff"]["column"] == {"created": 2, "updated": 0, "deleted": 0}
@@ -125,8 +129,12 @@ def test_only_touched_buckets_are_rewritten(
     execute(database, "ALTER TABLE t7 ADD COLUMN y INT;")
     summary = asyncio.run(run_pipeline(spec, tmp_path / "w2"))
     manifest = json.loads((root / "_manifest.json").read_text())
-    new_keys = [ref["key"] for refs in manifest["files"].values() for ref in refs
-                if summary["run_id"] in ref["key"]]
+    new_keys = [
+        ref["key"]
+        for refs in manifest["files"].values()
+        for ref in refs
+        if summary["run_id"] in ref["key"]
+    ]
     assert sorted(key.split("/")[1] for key in new_keys) == ["column", "table"]
     after = set(root.rglob("*.parquet"))
     assert len(after - before) == 2
@@ -185,8 +193,11 @@ def test_narrowed_scope_deletes_as_out_of_scope(
     asyncio.run(run_pipeline(spec, tmp_path / "w1"))
     narrowed = with_fields(
         spec,
-        source={"kind": "sqlite", "path": str(database),
-                "scope": {"exclude": [{"table": "tmp_*"}]}},
+        source={
+            "kind": "sqlite",
+            "path": str(database),
+            "scope": {"exclude": [{"table": "tmp_*"}]},
+        },
     )
     summary = asyncio.run(run_pipeline(narrowed, tmp_path / "w2"))
     assert summary["tables_deleted_by_reason"] == {"dropped": 0, "out_of_scope": 1}
@@ -197,8 +208,16 @@ def test_narrowed_scope_deletes_as_out_of_scope(
 def test_jsonl_output(spec: ExtractionSpec, tmp_path: Path) -> None:
     jsonl = with_fields(spec, output={"format": "jsonl"})
     summary = asyncio.run(run_pipeline(jsonl, tmp_path / "w1"))
-    path = (tmp_path / "store" / spec.connection_prefix / "runs" / summary["run_id"]
-            / "incremental-diff" / "column" / "part-00000.jsonl")
+    path = (
+        tmp_path
+        / "store"
+        / spec.connection_prefix
+        / "runs"
+        / summary["run_id"]
+        / "incremental-diff"
+        / "column"
+        / "part-00000.jsonl"
+    )
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert {row["column_name"] for row in rows} == {"id", "name"}
     assert {row["change"] for row in rows} == {"created"}
