@@ -132,12 +132,18 @@ def _execute(work: Callable[[], Coroutine[Any, Any, str]]) -> None:
     _termination_log(line)
 
 
-def _progress() -> Progress:
+@contextmanager
+def _progress() -> Iterator[Progress]:
+    """Progress bars on a terminal, nothing otherwise (Job logs carry the counts)."""
+    progress: Progress = NoProgress()
     if sys.stderr.isatty():
         from metatide.extractor.console import RichProgress
 
-        return RichProgress()
-    return NoProgress()
+        progress = RichProgress()
+    try:
+        yield progress
+    finally:
+        progress.close()
 
 
 @app.command()
@@ -155,14 +161,14 @@ def plan(
 
     async def work() -> str:
         spec = _load_spec(config, force_full, allow_mass_delete)
-        with _workdir() as workdir:
+        with _workdir() as workdir, _progress() as progress:
             document = await plan_phase(
                 spec,
                 open_store(spec),
                 open_source(spec),
                 workdir,
                 _optional_run_id(run_id),
-                _progress(),
+                progress,
             )
         return plan_result(document)
 
@@ -219,8 +225,8 @@ def finalize(
     async def work() -> str:
         spec = _load_spec(config, allow_mass_delete=allow_mass_delete)
         run = _required_run_id(run_id)
-        with _workdir() as workdir:
-            summary = await finalize_phase(spec, open_store(spec), workdir, run, _progress())
+        with _workdir() as workdir, _progress() as progress:
+            summary = await finalize_phase(spec, open_store(spec), workdir, run, progress)
         return finalize_result(summary)
 
     _execute(work)
@@ -240,9 +246,9 @@ def run(
 
     async def work() -> str:
         spec = _load_spec(config, force_full, allow_mass_delete)
-        with _workdir() as workdir:
+        with _workdir() as workdir, _progress() as progress:
             summary = await run_all(
-                spec, open_store(spec), workdir, _optional_run_id(run_id), _progress()
+                spec, open_store(spec), workdir, _optional_run_id(run_id), progress
             )
         return finalize_result(summary)
 

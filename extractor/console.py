@@ -26,10 +26,12 @@ class RichProgress:
             transient=False,
         )
         self._tasks: dict[str, TaskID] = {}
+        self._started = False
 
     def start(self, task: str, total: int | None = None) -> None:
-        if not self._tasks:
+        if not self._started:
             self._bars.start()
+            self._started = True
         self._tasks[task] = self._bars.add_task(task, total=total)
 
     def advance(self, task: str, amount: int = 1) -> None:
@@ -40,8 +42,10 @@ class RichProgress:
         if task in self._tasks:
             task_id = self._tasks.pop(task)
             total = self._bars.tasks[task_id].total
-            self._bars.update(
-                task_id, completed=total if total is not None else 1, total=total or 1
-            )
-        if not self._tasks:
+            self._bars.update(task_id, completed=total or 1, total=total or 1)
+
+    def close(self) -> None:
+        """Stop redrawing (the bars stay on the terminal)."""
+        if self._started:
             self._bars.stop()
+            self._started = False

@@ -14,6 +14,8 @@ class Progress(Protocol):
 
     def finish(self, task: str) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class NoProgress:
     """Discards progress (library use, tests)."""
@@ -25,4 +27,7 @@ class NoProgress:
         pass
 
     def finish(self, task: str) -> None:
+        pass
+
+    def close(self) -> None:
         pass
