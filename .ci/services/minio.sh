@@ -63,6 +63,7 @@ cmd_build() {
     exec 9>"$BIN_DIR/.lock"
     flock 9
     if [[ -x "$BIN" ]]; then
+        exec 9>&-
         log "cached: $BIN"
         return 0
     fi
@@ -80,6 +81,7 @@ cmd_build() {
         "$go_bin" install -trimpath \
         -ldflags="-s -w \
 -X github.com/minio/minio/cmd.Version=${MINIO_RELEASE#RELEASE.} \
+-X github.com/minio/minio/cmd.CopyrightYear=${MINIO_RELEASE:8:4} \
 -X github.com/minio/minio/cmd.ReleaseTag=$MINIO_RELEASE \
 -X github.com/minio/minio/cmd.CommitID=$MINIO_COMMIT \
 -X github.com/minio/minio/cmd.ShortCommitID=${MINIO_COMMIT:0:12}" \
@@ -91,6 +93,8 @@ cmd_build() {
     # Rename into place last, so a half-written binary is never taken as cached.
     mv "$tmp_bin/minio" "$BIN"
     rm -rf "$tmp_bin"
+    # Release the lock now: a server started next must not inherit and hold it.
+    exec 9>&-
     log "built $BIN in $((end - start))s"
 }
 
@@ -107,7 +111,17 @@ our_pid() {
 }
 
 healthy() {
-    curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$PORT/minio/health/live" 2>/dev/null
+    if command -v curl >/dev/null 2>&1; then
+        curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$PORT/minio/health/live" 2>/dev/null
+    else
+        # No curl on this machine: one HTTP/1.0 request over bash's /dev/tcp.
+        local status
+        # shellcheck disable=SC2016  # $1 expands in the inner bash, on purpose
+        status="$(timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" &&
+            printf "GET /minio/health/live HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n" >&3 &&
+            head -n 1 <&3' _ "$PORT" 2>/dev/null)" || return 1
+        [[ "$status" == "HTTP/1."?" 200"* ]]
+    fi
 }
 
 cmd_start() {
