@@ -103,9 +103,18 @@ def _workdir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+KUBERNETES_TERMINATION_LOG = Path("/dev/termination-log")
+
+
 def _termination_log(text: str) -> None:
-    """Hand the result to Kubernetes (pod status) when running in a container."""
-    target = os.environ.get("METATIDE_TERMINATION_LOG")
+    """Hand the result to Kubernetes (pod status), where the operator reads it.
+
+    The file is METATIDE_TERMINATION_MESSAGE_PATH if set, else Kubernetes' default
+    /dev/termination-log when it exists (in a container); Kubernetes keeps at most 4 KiB.
+    """
+    target = os.environ.get("METATIDE_TERMINATION_MESSAGE_PATH")
+    if not target and KUBERNETES_TERMINATION_LOG.exists():
+        target = str(KUBERNETES_TERMINATION_LOG)
     if target:
         try:
             Path(target).write_text(text[-4000:], encoding="utf-8")
@@ -152,6 +161,13 @@ def plan(
     run_id: RunIdOption = None,
     force_full: ForceFullOption = False,
     allow_mass_delete: AllowMassDeleteOption = False,
+    take_over_from: Annotated[
+        str | None,
+        typer.Option(
+            "--take-over-from",
+            help="Run id known to be dead (failed or replaced): take its lease at once.",
+        ),
+    ] = None,
 ) -> None:
     """Phase 1: list the catalog, classify tables, write the run's batches. Prints the run id."""
     from metatide.extractor.phases.plan import plan as plan_phase
@@ -169,6 +185,7 @@ def plan(
                 workdir,
                 _optional_run_id(run_id),
                 progress,
+                parse_run_id(take_over_from) if take_over_from else None,
             )
         return plan_result(document)
 

@@ -65,8 +65,14 @@ def _document(run_id: RunId, seconds: int) -> LeaseDocument:
     )
 
 
-async def acquire_lease(store: Store, run_id: RunId, seconds: int) -> None:
-    """Take the lease for `run_id`, or raise LeaseHeldError naming the holder."""
+async def acquire_lease(
+    store: Store, run_id: RunId, seconds: int, take_over_from: RunId | None = None
+) -> None:
+    """Take the lease for `run_id`, or raise LeaseHeldError naming the holder.
+
+    `take_over_from` names a run its orchestrator knows to be dead (the operator saw its
+    Jobs fail or replaced it): that run's lease is taken at once instead of expiring.
+    """
     mine = _document(run_id, seconds)
     if await store.put_if_absent(LEASE_KEY, mine.to_bytes()):
         return
@@ -76,7 +82,7 @@ async def acquire_lease(store: Store, run_id: RunId, seconds: int) -> None:
         if await store.put_if_absent(LEASE_KEY, mine.to_bytes()):
             return
         raise LeaseHeldError(f"the lease of {store.location} was taken concurrently") from None
-    if not await _take_over(store, current, mine):
+    if not await _take_over(store, current, mine, take_over_from):
         holder = LeaseDocument.parse(current.data)
         raise LeaseHeldError(
             f"run {holder.run_id if holder else '?'} holds the lease of {store.location} until "
@@ -85,11 +91,13 @@ async def acquire_lease(store: Store, run_id: RunId, seconds: int) -> None:
         )
 
 
-async def _take_over(store: Store, current: StoredObject, mine: LeaseDocument) -> bool:
+async def _take_over(
+    store: Store, current: StoredObject, mine: LeaseDocument, dead_run: RunId | None
+) -> bool:
     holder = LeaseDocument.parse(current.data)
     free = (
         holder is None
-        or holder.run_id == mine.run_id
+        or holder.run_id in (mine.run_id, dead_run)
         or holder.expired(datetime.now(UTC))
         or holder.holder_died()
     )

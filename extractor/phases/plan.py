@@ -66,13 +66,17 @@ async def plan(
     workdir: Path,
     run_id: RunId | None = None,
     progress: Progress | None = None,
+    take_over_from: RunId | None = None,
 ) -> PlanDocument:
-    """Plan a run and return its plan document (also stored as plan.json)."""
+    """Plan a run and return its plan document (also stored as plan.json).
+
+    `take_over_from` names a dead run whose lease this run may take at once.
+    """
     progress = progress or NoProgress()
     run_id = run_id or new_run_id()
     started = time.monotonic()
     started_at = datetime.now(UTC)
-    await acquire_lease(store, run_id, spec.state.lease_seconds)
+    await acquire_lease(store, run_id, spec.state.lease_seconds, take_over_from)
     try:
         committed = await (
             _readable_or_none(store) if spec.force_full_extraction else read_committed(store)

@@ -83,7 +83,8 @@ _T = TypeVar("_T")
 
 # Deterministic output of format_type / pg_get_expr / pg_get_viewdef (see the module
 # docstring), and speed: JIT compilation costs more than it saves on catalog queries, and
-# the column sorts of 100,000s of rows should not spill to disk. pg_get_viewdef locks the
+# the column sorts of 100,000s of rows should not spill to disk; each query is planned for
+# its actual arrays (1 or 25,000 names), not a cached generic plan. pg_get_viewdef locks the
 # relations a view reads: behind a long DDL it gives up after lock_timeout (a retryable
 # error) rather than hang. All local to the transaction.
 _PIN_SETTINGS = """
@@ -95,7 +96,8 @@ SELECT pg_catalog.set_config('search_path', '', true),
        pg_catalog.set_config('TimeZone', 'UTC', true),
        pg_catalog.set_config('jit', 'off', true),
        pg_catalog.set_config('work_mem', '64MB', true),
-       pg_catalog.set_config('lock_timeout', '30s', true)
+       pg_catalog.set_config('lock_timeout', '30s', true),
+       pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true)
 """
 
 _CLOCK = "SELECT pg_catalog.statement_timestamp()"

@@ -77,7 +77,7 @@ def invoke(args: list[str], env: dict[str, str | None] | None = None) -> Result:
         "METATIDE_SPEC": None,
         "METATIDE_RUN_ID": None,
         "JOB_COMPLETION_INDEX": None,
-        "METATIDE_TERMINATION_LOG": None,
+        "METATIDE_TERMINATION_MESSAGE_PATH": None,
         "METATIDE_LOG_FORMAT": "json",
     }
     return CliRunner().invoke(app, args, env={**base, **(env or {})}, catch_exceptions=False)
@@ -114,7 +114,7 @@ def test_run_prints_one_finalize_line(spec_file: Path, tmp_path: Path) -> None:
 
 def test_run_as_a_subprocess(spec_file: Path, tmp_path: Path) -> None:
     env = {**os.environ, "METATIDE_LOG_FORMAT": "json"}
-    for name in ("METATIDE_SPEC", "METATIDE_RUN_ID", "METATIDE_TERMINATION_LOG"):
+    for name in ("METATIDE_SPEC", "METATIDE_RUN_ID", "METATIDE_TERMINATION_MESSAGE_PATH"):
         env.pop(name, None)
     completed = subprocess.run(
         [str(METATIDE), "run", "--config", str(spec_file)],
@@ -275,7 +275,7 @@ def test_bad_json_in_the_environment_exits_3() -> None:
 
 def test_termination_log_gets_the_result_line(spec_file: Path, tmp_path: Path) -> None:
     log = tmp_path / "termination-log"
-    result = invoke(["run", "-c", str(spec_file)], env={"METATIDE_TERMINATION_LOG": str(log)})
+    result = invoke(["run", "-c", str(spec_file)], env={"METATIDE_TERMINATION_MESSAGE_PATH": str(log)})
     line = result_line(result)
     assert json.loads(log.read_text(encoding="utf-8")) == line
 
@@ -285,7 +285,7 @@ def test_termination_log_gets_the_error(tmp_path: Path) -> None:
     document = spec_document(tmp_path, tmp_path / "missing.sqlite")
     result = invoke(
         ["plan", "-c", str(write_spec(tmp_path, document))],
-        env={"METATIDE_TERMINATION_LOG": str(log)},
+        env={"METATIDE_TERMINATION_MESSAGE_PATH": str(log)},
     )
     assert result.exit_code == EXIT_RETRYABLE
     assert log.read_text(encoding="utf-8").startswith("SourceUnavailableError: ")
