@@ -7,7 +7,7 @@ field here carries a description and a default, and validation lives in one plac
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -144,4 +144,12 @@ def next_fire_time(schedule: ScheduleSpec, after: datetime) -> datetime:
     """The first scheduled time strictly after `after`, in UTC."""
     zone = ZoneInfo(schedule.time_zone)
     moment: datetime = croniter(schedule.cron, after.astimezone(zone)).get_next(datetime)
+    return moment.astimezone(ZoneInfo("UTC"))
+
+
+def previous_fire_time(schedule: ScheduleSpec, at: datetime) -> datetime:
+    """The latest scheduled time at or before `at`, in UTC."""
+    zone = ZoneInfo(schedule.time_zone)
+    probe = at.astimezone(zone) + timedelta(microseconds=1)  # get_prev is strictly before
+    moment: datetime = croniter(schedule.cron, probe).get_prev(datetime)
     return moment.astimezone(ZoneInfo("UTC"))

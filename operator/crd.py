@@ -1,0 +1,611 @@
+"""The `IncrementalExtraction` CustomResourceDefinition, generated from the spec model.
+
+`metatide crd` prints it and ``crds/incrementalextractions.metatide.dev.yaml`` holds that output
+(a unit test keeps the file current; the Helm chart ships a copy). The spec's schema is not
+written by hand: it is derived from `IncrementalExtractionSpec.model_json_schema()`, so the
+descriptions `kubectl explain` shows, the defaults the API server fills in and the validation it
+applies come from the one model the engine and the operator validate with.
+
+A CRD schema must be *structural* (OpenAPI v3.0 subset, no ``$ref``, no ``anyOf``/``oneOf`` of
+differing shapes, a type on every node), so the JSON Schema is rewritten:
+
+- ``$ref`` is inlined; ``title`` and ``discriminator`` are dropped; ``anyOf [X, null]`` becomes X
+  with ``nullable: true``; ``const`` becomes a one-value ``enum``; a numeric
+  ``exclusiveMinimum``/``exclusiveMaximum`` (JSON Schema 2020-12) becomes ``minimum`` plus the
+  boolean of OpenAPI v3.0; ``additionalProperties: false`` is dropped (the API server prunes
+  unknown fields, and ``kubectl`` rejects them with strict field validation).
+- Defaults made by a ``default_factory`` are rendered too (pydantic leaves them out), so
+  ``kubectl get -o yaml`` shows the effective values; ``None`` defaults are left out (absent means
+  None to the model) and so are ``None`` values inside object defaults.
+- A discriminated union (``source``: postgresql | sqlite) is flattened into one object with the
+  union of the variants' properties, the discriminator as a required ``enum``, and CEL rules
+  (``x-kubernetes-validations``) that require each variant's required fields and forbid the
+  other variants' fields. A field of one variant cannot carry a default (it would be filled in
+  for the other variant too), so its default moves into its description; the model still
+  applies it when the operator parses the resource.
+- A few checks the model makes in Python (croniter, zoneinfo, the prefix placeholders) have a
+  CEL approximation here (`_CRD_ONLY`), so the API server rejects the obvious mistakes with a
+  readable message; the operator's parse remains the full check.
+
+Any JSON Schema keyword this module does not know raises `CRDSchemaError`, so a model change that
+the API server could not represent fails the unit test instead of producing a lax CRD.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import yaml
+from pydantic.json_schema import GenerateJsonSchema, NoDefault
+from pydantic_core import core_schema
+
+from metatide.operator.model import (
+    GROUP,
+    KIND,
+    PLURAL,
+    SHORT_NAME,
+    VERSION,
+    IncrementalExtractionSpec,
+)
+
+Schema = dict[str, Any]
+
+CRD_NAME: Final = f"{PLURAL}.{GROUP}"
+CRD_FILE: Final = f"crds/{CRD_NAME}.yaml"
+REGENERATE_COMMAND: Final = f"PYTHONSAFEPATH=1 uv run metatide crd > {CRD_FILE}"
+CATEGORY: Final = "metatide"
+
+# Keywords copied as they are (after their values are checked to be plain data).
+_PLAIN_KEYWORDS: Final = frozenset(
+    {
+        "type",
+        "format",
+        "description",
+        "enum",
+        "minimum",
+        "maximum",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "minItems",
+        "maxItems",
+        "required",
+        "nullable",
+    }
+)
+# Keywords dropped on purpose: titles are noise in `kubectl explain`; the discriminator is
+# replaced by the flattening; additionalProperties: false is not allowed in a structural schema.
+_DROPPED_KEYWORDS: Final = frozenset({"title", "discriminator"})
+
+# The order keys appear in the YAML, so the generated file reads like a hand-written CRD.
+_KEY_ORDER: Final = (
+    "description",
+    "type",
+    "format",
+    "enum",
+    "default",
+    "nullable",
+    "minimum",
+    "exclusiveMinimum",
+    "maximum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "items",
+    "required",
+    "properties",
+    "additionalProperties",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-validations",
+)
+
+_CRON_FIELD: Final = r"[0-9A-Za-z*/,?#-]+"
+
+# Validation the API server can apply although the model checks it in Python (croniter, zoneinfo,
+# a field validator). Keyed by the property path below `spec`; each entry is merged into that
+# property's schema. The maxLength bounds keep the CEL cost estimate small (a CRD is refused when
+# a rule's estimated cost on an unbounded string is too high). If the model grows
+# `json_schema_extra` with these keys, the entries here can go.
+_CRD_ONLY: Final[Mapping[tuple[str, ...], Schema]] = {
+    ("schedule", "cron"): {
+        "maxLength": 256,
+        "x-kubernetes-validations": [
+            {
+                "rule": f"self.matches(r'^\\s*{_CRON_FIELD}(\\s+{_CRON_FIELD}){{4}}\\s*$')",
+                "message": "must be a five-field cron expression (minute hour day-of-month month "
+                "day-of-week), e.g. '0 * * * *'",
+            }
+        ],
+    },
+    ("schedule", "timeZone"): {
+        "maxLength": 64,
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.matches(r'^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$')",
+                "message": "must be an IANA time zone name, e.g. UTC or Europe/Berlin",
+            }
+        ],
+    },
+    ("storage", "prefixTemplate"): {
+        "maxLength": 512,
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.findAll(r'\\{[^{}]*\\}').all(p, "
+                "p == '{application_name}' || p == '{connection_id}')",
+                "message": "may contain only the placeholders {application_name} and "
+                "{connection_id}",
+            }
+        ],
+    },
+}
+
+
+class CRDSchemaError(ValueError):
+    """The model's JSON Schema uses something a structural CRD schema cannot express."""
+
+
+class _FactoryDefaults(GenerateJsonSchema):
+    """JSON Schema generator that also renders defaults made by a ``default_factory``.
+
+    pydantic leaves them out (a factory may depend on time or state); ours are constant
+    objects, and without them the API server would not fill in `job`, `columns` and friends.
+    """
+
+    def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
+        """The static default, or the factory's value when the factory takes no arguments."""
+        factory = schema.get("default_factory")
+        if factory is not None and not schema.get("default_factory_takes_data"):
+            return factory()  # type: ignore[call-arg]
+        return schema.get("default", NoDefault)
+
+
+def _without_none(value: Any) -> Any:
+    """A default with every None dropped: absent and None mean the same to the model."""
+    if isinstance(value, dict):
+        return {key: _without_none(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_none(item) for item in value]
+    return value
+
+
+def _ordered(schema: Schema) -> Schema:
+    """The schema's keys in `_KEY_ORDER` (unknown keys last, in their order)."""
+    rank = {key: index for index, key in enumerate(_KEY_ORDER)}
+    return dict(sorted(schema.items(), key=lambda item: rank.get(item[0], len(rank))))
+
+
+class _Converter:
+    """Rewrites pydantic's JSON Schema into a structural OpenAPI v3.0 schema."""
+
+    def __init__(self, definitions: Mapping[str, Schema]) -> None:
+        self._definitions = definitions
+
+    def convert(self, node: Mapping[str, Any], path: str) -> Schema:
+        """The structural form of `node`; `path` names it in errors (e.g. spec.source.kind)."""
+        node = dict(node)
+        if "$ref" in node:
+            return self._inline(node, path)
+        if "anyOf" in node:
+            return self._nullable(node, path)
+        if "oneOf" in node:
+            return self._flatten_union(node, path)
+
+        result: Schema = {}
+        for key, value in node.items():
+            if key in _DROPPED_KEYWORDS:
+                continue
+            if key in _PLAIN_KEYWORDS or key.startswith("x-kubernetes-"):
+                result[key] = value
+            elif key == "const":
+                result["enum"] = [value]
+            elif key == "default":
+                if value is not None:
+                    result["default"] = _without_none(value)
+            elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+                bound = "minimum" if key == "exclusiveMinimum" else "maximum"
+                if isinstance(value, bool):
+                    raise CRDSchemaError(f"{path}: boolean {key} is not JSON Schema 2020-12")
+                result[bound] = value
+                result[key] = True
+            elif key == "properties":
+                result["properties"] = {
+                    name: self.convert(child, f"{path}.{name}") for name, child in value.items()
+                }
+            elif key == "items":
+                result["items"] = self.convert(value, f"{path}[]")
+            elif key == "additionalProperties":
+                if value is False:
+                    continue  # pruning does this job in a structural schema
+                if value is True:
+                    result["x-kubernetes-preserve-unknown-fields"] = True
+                else:
+                    result["additionalProperties"] = self.convert(value, f"{path}.*")
+            else:
+                raise CRDSchemaError(
+                    f"{path}: JSON Schema keyword {key!r} has no structural CRD equivalent; "
+                    "extend metatide.operator.crd or change the model"
+                )
+        if "type" not in result:
+            raise CRDSchemaError(f"{path}: every node of a structural schema needs a type")
+        return _ordered(result)
+
+    def _inline(self, node: Schema, path: str) -> Schema:
+        """A ``$ref`` replaced by its definition; the field's own keys (description) win."""
+        name = str(node.pop("$ref")).removeprefix("#/$defs/")
+        if name not in self._definitions:
+            raise CRDSchemaError(f"{path}: unknown $ref {name!r}")
+        merged = {**self._definitions[name], **node}
+        return self.convert(merged, path)
+
+    def _nullable(self, node: Schema, path: str) -> Schema:
+        """``anyOf [X, null]`` as X with ``nullable: true`` (other unions are not structural)."""
+        options = node.pop("anyOf")
+        others = [option for option in options if option != {"type": "null"}]
+        if len(others) != 1 or len(options) != 2:
+            raise CRDSchemaError(
+                f"{path}: anyOf of {len(options)} options; only Optional[X] (X or null) is "
+                "supported, use a discriminated union for alternatives"
+            )
+        merged = {**others[0], **node, "nullable": True}
+        return self.convert(merged, path)
+
+    def _flatten_union(self, node: Schema, path: str) -> Schema:
+        """A discriminated union as one object plus CEL rules per variant."""
+        discriminator = node.get("discriminator", {}).get("propertyName")
+        if not discriminator:
+            raise CRDSchemaError(f"{path}: oneOf without a discriminator cannot be flattened")
+        variants = [self.convert(option, path) for option in node.pop("oneOf")]
+        node.pop("discriminator")
+
+        tags: list[str] = []
+        owners: dict[str, list[str]] = {}  # property -> tags of the variants that have it
+        shapes: dict[str, Schema] = {}
+        required_by: dict[str, list[str]] = {}  # tag -> its required properties
+        kind_lines: list[str] = []
+        for variant in variants:
+            tag_schema = variant["properties"][discriminator]
+            (tag,) = tag_schema["enum"]
+            tags.append(tag)
+            kind_lines.append(f"{tag}: {variant.get('description', '').rstrip('.')}")
+            required_by[tag] = [p for p in variant.get("required", []) if p != discriminator]
+            for name, prop in variant["properties"].items():
+                if name == discriminator:
+                    continue
+                owners.setdefault(name, []).append(tag)
+                if name in shapes and shapes[name] != prop:
+                    raise CRDSchemaError(
+                        f"{path}.{name}: variants define this property differently; give "
+                        "them one shape or different names"
+                    )
+                shapes[name] = prop
+
+        properties: Schema = {
+            discriminator: {
+                "description": f"Which kind of source this is. {'; '.join(kind_lines)}. "
+                "Fields of another kind are rejected.",
+                "type": "string",
+                "enum": tags,
+            }
+        }
+        rules: list[Schema] = []
+        for name, prop in shapes.items():
+            own = owners[name]
+            if len(own) == len(tags):
+                properties[name] = prop
+                continue
+            prop = dict(prop)
+            note = f" Only when {discriminator} is {' or '.join(own)}."
+            if "default" in prop:
+                default = json.dumps(prop.pop("default"), separators=(", ", ": "))
+                note += f" Defaults to {default}."
+            prop["description"] = prop.get("description", "") + note
+            properties[name] = prop
+            for tag in tags:
+                if tag not in own:
+                    rules.append(
+                        {
+                            "rule": f"self.{discriminator} == '{tag}' ? !has(self.{name}) : true",
+                            "message": f"{name} is not allowed when {discriminator} is {tag} "
+                            f"(it belongs to {discriminator} {' or '.join(own)})",
+                            "fieldPath": f".{name}",
+                            "reason": "FieldValueForbidden",
+                        }
+                    )
+        for tag, names in required_by.items():
+            for name in names:
+                if owners[name] == tags:
+                    continue  # required by every variant: plain `required` below
+                rules.append(
+                    {
+                        "rule": f"self.{discriminator} == '{tag}' ? has(self.{name}) : true",
+                        "message": f"{name} is required when {discriminator} is {tag}",
+                        "fieldPath": f".{name}",
+                        "reason": "FieldValueRequired",
+                    }
+                )
+        required = [discriminator] + [
+            name
+            for name in shapes
+            if all(name in required_by[tag] for tag in tags) and owners[name] == tags
+        ]
+        flat: Schema = {
+            "description": node.get("description", ""),
+            "type": "object",
+            "required": required,
+            "properties": properties,
+            "x-kubernetes-validations": rules,
+        }
+        return _ordered(flat)
+
+
+def _apply_crd_only(spec: Schema) -> None:
+    """Merge `_CRD_ONLY` into the spec schema; a path the model no longer has is an error."""
+    for path, extra in _CRD_ONLY.items():
+        node = spec
+        for name in path:
+            properties = node.get("properties", {})
+            if name not in properties:
+                raise CRDSchemaError(
+                    f"spec.{'.'.join(path)}: not in the model any more; update _CRD_ONLY"
+                )
+            node = properties[name]
+        for key, value in extra.items():
+            if key == "x-kubernetes-validations":
+                node[key] = [*node.get(key, []), *value]
+            else:
+                node[key] = value
+        node.update(_ordered(node))
+
+
+def spec_schema() -> Schema:
+    """The structural schema of `.spec`, generated from `IncrementalExtractionSpec`."""
+    raw = IncrementalExtractionSpec.model_json_schema(
+        by_alias=True, schema_generator=_FactoryDefaults
+    )
+    definitions = raw.pop("$defs", {})
+    spec = _Converter(definitions).convert(raw, "spec")
+    _apply_crd_only(spec)
+    return spec
+
+
+def _string(description: str, **extra: Any) -> Schema:
+    return {"description": description, "type": "string", **extra}
+
+
+def _integer(description: str) -> Schema:
+    return {"description": description, "type": "integer", "format": "int64"}
+
+
+def _time(description: str) -> Schema:
+    return _string(description + " (RFC 3339, UTC).", format="date-time")
+
+
+def _object(description: str, properties: Schema, *, open_: bool = True) -> Schema:
+    """An object; `open_` keeps fields the schema does not list (the operator may add some)."""
+    schema: Schema = {"description": description, "type": "object", "properties": properties}
+    if open_:
+        schema["x-kubernetes-preserve-unknown-fields"] = True
+    return schema
+
+
+def status_schema() -> Schema:
+    """The schema of `.status`, written by the operator (kstatus-style conditions).
+
+    Every field the operator writes is described here for `kubectl explain`, but the status
+    keeps unknown fields: kopf stores its own bookkeeping under ``status.kopf``, and a newer
+    operator may add fields before the CRD is upgraded (Helm never upgrades a chart's crds/).
+    """
+    condition = _object(
+        "One condition, as in metav1.Condition.",
+        {
+            "type": _string("Ready, Reconciling or Stalled."),
+            "status": _string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
+            "reason": _string("Machine-readable CamelCase reason of the last transition."),
+            "message": _string("Human-readable detail of the last transition."),
+            "lastTransitionTime": _time("When the status last changed"),
+            "observedGeneration": _integer("metadata.generation the condition was computed from."),
+        },
+        open_=False,
+    )
+    condition["required"] = ["type", "status"]
+    counts = {
+        name: _integer(text)
+        for name, text in (
+            ("changedTables", "Tables created, updated or backfilled by the run."),
+            ("deletedTables", "Tables the run removed from the state."),
+            ("createdTables", "Tables new since the marker."),
+            ("updatedTables", "Tables whose DDL time or fingerprint changed."),
+            ("backfillTables", "Tables that existed but were never extracted before."),
+            ("unchangedTables", "Tables whose columns were carried forward."),
+            ("columnsExtracted", "Columns read from the source."),
+            ("columnsCarriedForward", "Columns kept from the previous state."),
+            ("columnsDeleted", "Columns in the diff's delete set."),
+        )
+    }
+    history_entry = _object(
+        "One finished run.",
+        {
+            "id": _string("Run id."),
+            "outcome": _string("Succeeded or Failed."),
+            "startedAt": _time("When the run started"),
+            "finishedAt": _time("When the run finished"),
+            "message": _string("Summary, or why the run failed."),
+        },
+    )
+    return _object(
+        "Observed state, written by the operator.",
+        {
+            "phase": _string(
+                "Summary of the current state, e.g. Pending, Planning, Extracting, Finalizing, "
+                "Succeeded, Failed or Suspended."
+            ),
+            "observedGeneration": _integer("metadata.generation the status was computed from."),
+            "conditions": {
+                "description": "kstatus conditions: Ready (last run succeeded and the spec is "
+                "applied), Reconciling (a run is in progress), Stalled (cannot progress without "
+                "a change, e.g. an invalid spec or a terminal error).",
+                "type": "array",
+                "items": condition,
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+            "currentRun": _object(
+                "The run in progress, if any.",
+                {
+                    "id": _string("Run id (part of the Job names)."),
+                    "phase": _string("plan, columns or finalize."),
+                    "startedAt": _time("When the run started"),
+                    "batches": _object(
+                        "Column batches of the Indexed Job.",
+                        {
+                            "total": _integer("Batches planned."),
+                            "succeeded": _integer("Batches finished."),
+                            "failed": _integer("Batches failed for good."),
+                            "active": _integer("Batches running now."),
+                        },
+                    ),
+                },
+            ),
+            "lastSuccessfulRun": _object(
+                "Summary of the last committed run (the full summary is runs/{id}/summary.json "
+                "in the storage).",
+                {
+                    "id": _string("Run id; its diff is under runs/{id}/incremental-diff/."),
+                    "finishedAt": _time("When the run committed"),
+                    **counts,
+                    "marker": _string("The marker the run committed."),
+                },
+            ),
+            "marker": _string("The committed marker (source clock at the last plan)."),
+            "nextScheduleTime": _time("When the next scheduled run is due"),
+            "lastScheduleTime": _time("When the last scheduled run was started"),
+            "lastHandledTrigger": _string(
+                "Value of the metatide.dev/run-requested-at annotation last acted on."
+            ),
+            "history": {
+                "description": "Finished runs, newest first, bounded by spec.history.",
+                "type": "array",
+                "items": history_entry,
+            },
+            "kopf": {
+                "description": "kopf's own bookkeeping (handler progress); not for users.",
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
+        },
+    )
+
+
+def _printer_columns() -> list[Schema]:
+    return [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {
+            "name": "Last Run",
+            "type": "date",
+            "jsonPath": ".status.lastSuccessfulRun.finishedAt",
+            "description": "When the last successful run committed.",
+        },
+        {
+            "name": "Changed",
+            "type": "integer",
+            "jsonPath": ".status.lastSuccessfulRun.changedTables",
+            "description": "Tables created, updated or backfilled by the last successful run.",
+        },
+        {
+            "name": "Deleted",
+            "type": "integer",
+            "jsonPath": ".status.lastSuccessfulRun.deletedTables",
+            "description": "Tables deleted by the last successful run.",
+        },
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+
+def render() -> Schema:
+    """The CustomResourceDefinition as a dict (apiextensions.k8s.io/v1)."""
+    spec = spec_schema()
+    description = spec.pop("description")
+    spec["description"] = "What to extract, from where, to where, and when."
+    root: Schema = {
+        "description": description,
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": _string("Versioned schema of this object."),
+            "kind": _string("REST resource this object represents."),
+            "metadata": {"type": "object"},
+            "spec": _ordered(spec),
+            "status": status_schema(),
+        },
+    }
+    singular = KIND.lower()
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": CRD_NAME,
+            "labels": {
+                "app.kubernetes.io/name": "metatide",
+                "app.kubernetes.io/part-of": "metatide",
+            },
+        },
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": singular,
+                "shortNames": [SHORT_NAME],
+                "categories": [CATEGORY],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": _printer_columns(),
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """A YAML dumper that writes shared objects out in full (no &anchors / *aliases)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        """Never alias: anchors are legal YAML but unreadable in a CRD."""
+        return True
+
+
+def render_yaml() -> str:
+    """The CRD as YAML, with a header saying how it was made (this is the file in crds/)."""
+    header = (
+        "# Generated from metatide.operator.model.IncrementalExtractionSpec by `metatide crd`.\n"
+        f"# Do not edit: regenerate with `{REGENERATE_COMMAND}`.\n"
+    )
+    body = yaml.dump(render(), Dumper=_PlainDumper, sort_keys=False, width=100, allow_unicode=True)
+    return header + body
+
+
+def iter_properties(schema: Mapping[str, Any], path: str = "") -> Iterable[tuple[str, Schema]]:
+    """Every (path, schema) of a property below `schema`, items and maps included."""
+    for name, child in schema.get("properties", {}).items():
+        child_path = f"{path}.{name}" if path else name
+        yield child_path, child
+        yield from iter_properties(child, child_path)
+    if isinstance(schema.get("items"), dict):
+        yield from iter_properties(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from iter_properties(schema["additionalProperties"], f"{path}.*")
