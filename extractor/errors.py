@@ -9,6 +9,7 @@ controller retry a transient one.
     MetatideError
     ├── TerminalError                 exit 3: retrying cannot help; a person must act
     │   ├── SpecError                 the spec or an input is invalid
+    │   │   └── UnknownDatabaseError      (sources/postgres.py) a named database does not exist
     │   ├── CredentialsError          a referenced secret is missing or refused
     │   ├── StateCorruptError         the stored state fails its checksums or cannot be read
     │   ├── StateConflictError        another run committed since this run planned
