@@ -34,7 +34,7 @@ the API server could not represent fails the unit test instead of producing a la
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import yaml
@@ -186,6 +186,16 @@ class _Converter:
 
     def __init__(self, definitions: Mapping[str, Schema]) -> None:
         self._definitions = definitions
+        # Keywords that need more than a copy: keyword -> (keyword, value, path) -> schema part.
+        self._handlers: dict[str, Callable[[str, Any, str], Schema]] = {
+            "const": lambda _key, value, _path: {"enum": [value]},
+            "default": self._default,
+            "exclusiveMinimum": self._exclusive,
+            "exclusiveMaximum": self._exclusive,
+            "properties": self._properties,
+            "items": lambda _key, value, path: {"items": self.convert(value, f"{path}[]")},
+            "additionalProperties": self._additional,
+        }
 
     def convert(self, node: Mapping[str, Any], path: str) -> Schema:
         """The structural form of `node`; `path` names it in errors (e.g. spec.source.kind)."""
@@ -199,42 +209,52 @@ class _Converter:
 
         result: Schema = {}
         for key, value in node.items():
-            if key in _DROPPED_KEYWORDS:
-                continue
-            if key in _PLAIN_KEYWORDS or key.startswith("x-kubernetes-"):
-                result[key] = value
-            elif key == "const":
-                result["enum"] = [value]
-            elif key == "default":
-                if value is not None:
-                    result["default"] = _without_none(value)
-            elif key in ("exclusiveMinimum", "exclusiveMaximum"):
-                bound = "minimum" if key == "exclusiveMinimum" else "maximum"
-                if isinstance(value, bool):
-                    raise CRDSchemaError(f"{path}: boolean {key} is not JSON Schema 2020-12")
-                result[bound] = value
-                result[key] = True
-            elif key == "properties":
-                result["properties"] = {
-                    name: self.convert(child, f"{path}.{name}") for name, child in value.items()
-                }
-            elif key == "items":
-                result["items"] = self.convert(value, f"{path}[]")
-            elif key == "additionalProperties":
-                if value is False:
-                    continue  # pruning does this job in a structural schema
-                if value is True:
-                    result["x-kubernetes-preserve-unknown-fields"] = True
-                else:
-                    result["additionalProperties"] = self.convert(value, f"{path}.*")
-            else:
-                raise CRDSchemaError(
-                    f"{path}: JSON Schema keyword {key!r} has no structural CRD equivalent; "
-                    "extend metatide.operator.crd or change the model"
-                )
+            result.update(self._keyword(key, value, path))
         if "type" not in result:
             raise CRDSchemaError(f"{path}: every node of a structural schema needs a type")
         return _ordered(result)
+
+    def _keyword(self, key: str, value: Any, path: str) -> Schema:
+        """What one JSON Schema keyword becomes in the structural schema (maybe nothing)."""
+        if key in _DROPPED_KEYWORDS:
+            return {}
+        if key in _PLAIN_KEYWORDS or key.startswith("x-kubernetes-"):
+            return {key: value}
+        handler = self._handlers.get(key)
+        if handler is None:
+            raise CRDSchemaError(
+                f"{path}: JSON Schema keyword {key!r} has no structural CRD equivalent; "
+                "extend metatide.operator.crd or change the model"
+            )
+        return handler(key, value, path)
+
+    @staticmethod
+    def _default(_key: str, value: Any, _path: str) -> Schema:
+        """A default without None (absent means None to the model); no None default at all."""
+        return {} if value is None else {"default": _without_none(value)}
+
+    @staticmethod
+    def _exclusive(key: str, value: Any, path: str) -> Schema:
+        """JSON Schema 2020-12's numeric exclusive bound as OpenAPI v3.0's bound + boolean."""
+        if isinstance(value, bool):
+            raise CRDSchemaError(f"{path}: boolean {key} is not JSON Schema 2020-12")
+        bound = "minimum" if key == "exclusiveMinimum" else "maximum"
+        return {bound: value, key: True}
+
+    def _properties(self, _key: str, value: Any, path: str) -> Schema:
+        return {
+            "properties": {
+                name: self.convert(child, f"{path}.{name}") for name, child in value.items()
+            }
+        }
+
+    def _additional(self, _key: str, value: Any, path: str) -> Schema:
+        """Map values keep their schema; `false` is dropped (pruning does that job)."""
+        if value is False:
+            return {}
+        if value is True:
+            return {"x-kubernetes-preserve-unknown-fields": True}
+        return {"additionalProperties": self.convert(value, f"{path}.*")}
 
     def _inline(self, node: Schema, path: str) -> Schema:
         """A ``$ref`` replaced by its definition; the field's own keys (description) win."""
@@ -261,86 +281,106 @@ class _Converter:
         discriminator = node.get("discriminator", {}).get("propertyName")
         if not discriminator:
             raise CRDSchemaError(f"{path}: oneOf without a discriminator cannot be flattened")
-        variants = [self.convert(option, path) for option in node.pop("oneOf")]
-        node.pop("discriminator")
+        union = _Union(discriminator, path)
+        for option in node["oneOf"]:
+            union.add(self.convert(option, path))
+        return union.flatten(node.get("description", ""))
 
-        tags: list[str] = []
-        owners: dict[str, list[str]] = {}  # property -> tags of the variants that have it
-        shapes: dict[str, Schema] = {}
-        required_by: dict[str, list[str]] = {}  # tag -> its required properties
-        kind_lines: list[str] = []
-        for variant in variants:
-            tag_schema = variant["properties"][discriminator]
-            (tag,) = tag_schema["enum"]
-            tags.append(tag)
-            kind_lines.append(f"{tag}: {variant.get('description', '').rstrip('.')}")
-            required_by[tag] = [p for p in variant.get("required", []) if p != discriminator]
-            for name, prop in variant["properties"].items():
-                if name == discriminator:
-                    continue
-                owners.setdefault(name, []).append(tag)
-                if name in shapes and shapes[name] != prop:
-                    raise CRDSchemaError(
-                        f"{path}.{name}: variants define this property differently; give "
-                        "them one shape or different names"
-                    )
-                shapes[name] = prop
 
-        properties: Schema = {
-            discriminator: {
-                "description": f"Which kind of source this is. {'; '.join(kind_lines)}. "
-                "Fields of another kind are rejected.",
-                "type": "string",
-                "enum": tags,
-            }
-        }
-        rules: list[Schema] = []
-        for name, prop in shapes.items():
-            own = owners[name]
-            if len(own) == len(tags):
-                properties[name] = prop
+class _Union:
+    """The variants of one discriminated union, collected for flattening."""
+
+    def __init__(self, discriminator: str, path: str) -> None:
+        self.discriminator = discriminator
+        self.path = path
+        self.tags: list[str] = []
+        self.summaries: list[str] = []  # "tag: what the variant is", for the description
+        self.owners: dict[str, list[str]] = {}  # property -> tags of the variants that have it
+        self.shapes: dict[str, Schema] = {}  # property -> its schema (equal in every variant)
+        self.required_by: dict[str, list[str]] = {}  # tag -> its required properties
+
+    def add(self, variant: Schema) -> None:
+        """Record one converted variant; a property two variants shape differently is an error."""
+        (tag,) = variant["properties"][self.discriminator]["enum"]
+        self.tags.append(tag)
+        self.summaries.append(f"{tag}: {variant.get('description', '').rstrip('.')}")
+        self.required_by[tag] = [
+            name for name in variant.get("required", []) if name != self.discriminator
+        ]
+        for name, prop in variant["properties"].items():
+            if name == self.discriminator:
                 continue
-            prop = dict(prop)
-            note = f" Only when {discriminator} is {' or '.join(own)}."
-            if "default" in prop:
-                default = json.dumps(prop.pop("default"), separators=(", ", ": "))
-                note += f" Defaults to {default}."
-            prop["description"] = prop.get("description", "") + note
-            properties[name] = prop
-            for tag in tags:
-                if tag not in own:
-                    rules.append(
-                        {
-                            "rule": f"self.{discriminator} == '{tag}' ? !has(self.{name}) : true",
-                            "message": f"{name} is not allowed when {discriminator} is {tag} "
-                            f"(it belongs to {discriminator} {' or '.join(own)})",
-                            "fieldPath": f".{name}",
-                            "reason": "FieldValueForbidden",
-                        }
-                    )
-        for tag, names in required_by.items():
-            for name in names:
-                if owners[name] == tags:
-                    continue  # required by every variant: plain `required` below
+            if name in self.shapes and self.shapes[name] != prop:
+                raise CRDSchemaError(
+                    f"{self.path}.{name}: variants define this property differently; give "
+                    "them one shape or different names"
+                )
+            self.owners.setdefault(name, []).append(tag)
+            self.shapes[name] = prop
+
+    def _only_for(self, name: str) -> Schema:
+        """A variant's own property: no default (it would apply to every kind); noted instead."""
+        prop = dict(self.shapes[name])
+        note = f" Only when {self.discriminator} is {' or '.join(self.owners[name])}."
+        if "default" in prop:
+            note += f" Defaults to {json.dumps(prop.pop('default'), separators=(', ', ': '))}."
+        prop["description"] = prop.get("description", "") + note
+        return prop
+
+    def _rules(self) -> list[Schema]:
+        """CEL rules: a variant's required fields are required, other variants' forbidden."""
+        kind = self.discriminator
+        rules: list[Schema] = []
+        for name, own in self.owners.items():
+            for tag in (tag for tag in self.tags if tag not in own):
                 rules.append(
                     {
-                        "rule": f"self.{discriminator} == '{tag}' ? has(self.{name}) : true",
-                        "message": f"{name} is required when {discriminator} is {tag}",
+                        "rule": f"self.{kind} == '{tag}' ? !has(self.{name}) : true",
+                        "message": f"{name} is not allowed when {kind} is {tag} "
+                        f"(it belongs to {kind} {' or '.join(own)})",
+                        "fieldPath": f".{name}",
+                        "reason": "FieldValueForbidden",
+                    }
+                )
+        for tag, names in self.required_by.items():
+            for name in (name for name in names if self.owners[name] != self.tags):
+                rules.append(
+                    {
+                        "rule": f"self.{kind} == '{tag}' ? has(self.{name}) : true",
+                        "message": f"{name} is required when {kind} is {tag}",
                         "fieldPath": f".{name}",
                         "reason": "FieldValueRequired",
                     }
                 )
-        required = [discriminator] + [
+        return rules
+
+    def flatten(self, description: str) -> Schema:
+        """One object: the union of the properties, the discriminator a required enum."""
+        properties: Schema = {
+            self.discriminator: {
+                "description": f"Which kind of {self.path.rsplit('.', 1)[-1]} this is. "
+                f"{'; '.join(self.summaries)}. "
+                "Fields of another kind are rejected.",
+                "type": "string",
+                "enum": self.tags,
+            }
+        }
+        for name, prop in self.shapes.items():
+            shared = self.owners[name] == self.tags
+            properties[name] = prop if shared else self._only_for(name)
+        # Required by every variant (none today): plain `required`, no rule needed.
+        required = [self.discriminator] + [
             name
-            for name in shapes
-            if all(name in required_by[tag] for tag in tags) and owners[name] == tags
+            for name in self.shapes
+            if self.owners[name] == self.tags
+            and all(name in names for names in self.required_by.values())
         ]
         flat: Schema = {
-            "description": node.get("description", ""),
+            "description": description,
             "type": "object",
             "required": required,
             "properties": properties,
-            "x-kubernetes-validations": rules,
+            "x-kubernetes-validations": self._rules(),
         }
         return _ordered(flat)
 
@@ -433,7 +473,7 @@ def status_schema() -> Schema:
         "One finished run.",
         {
             "id": _string("Run id."),
-            "outcome": _string("Succeeded or Failed."),
+            "outcome": _string("Succeeded, Failed or Replaced."),
             "startedAt": _time("When the run started"),
             "finishedAt": _time("When the run finished"),
             "message": _string("Summary, or why the run failed."),
@@ -443,8 +483,8 @@ def status_schema() -> Schema:
         "Observed state, written by the operator.",
         {
             "phase": _string(
-                "Summary of the current state, e.g. Pending, Planning, Extracting, Finalizing, "
-                "Succeeded, Failed or Suspended."
+                "Pending (no run yet), Running, Succeeded (last run committed) or Failed (last "
+                "run failed; see lastFailure)."
             ),
             "observedGeneration": _integer("metadata.generation the status was computed from."),
             "conditions": {
@@ -460,8 +500,15 @@ def status_schema() -> Schema:
                 "The run in progress, if any.",
                 {
                     "id": _string("Run id (part of the Job names)."),
-                    "phase": _string("plan, columns or finalize."),
+                    "phase": _string("Planning, Extracting (column batches) or Finalizing."),
                     "startedAt": _time("When the run started"),
+                    "trigger": _string(
+                        "Why the run started: created, spec changed, schedule or a manual trigger."
+                    ),
+                    "generation": _integer("metadata.generation the run was started for."),
+                    "takeOverFrom": _string(
+                        "Id of a failed run whose lease this run's plan takes over."
+                    ),
                     "batches": _object(
                         "Column batches of the Indexed Job.",
                         {
@@ -483,6 +530,18 @@ def status_schema() -> Schema:
                     "marker": _string("The marker the run committed."),
                 },
             ),
+            "lastFailure": _object(
+                "The last failed run, until a run succeeds.",
+                {
+                    "id": _string("Run id."),
+                    "phase": _string("The phase that failed."),
+                    "message": _string("Why it failed (the phase's termination message)."),
+                },
+            ),
+            "takeOverFrom": _string(
+                "Id of the failed run the next run takes over (its lease and files)."
+            ),
+            "lastRunGeneration": _integer("metadata.generation the last run was started for."),
             "marker": _string("The committed marker (source clock at the last plan)."),
             "nextScheduleTime": _time("When the next scheduled run is due"),
             "lastScheduleTime": _time("When the last scheduled run was started"),
