@@ -25,15 +25,6 @@ from localkube.settings import layout  # noqa: E402
 from localkube.testkit import Cluster  # noqa: E402
 
 CLUSTER = E2E_DIR / "cluster"
-MARKERS = {
-    "e2e": "end-to-end test against the local control plane (e2e/cluster); slow",
-    "kind": "runs e2e/kind/run.sh; needs a Docker engine",
-}
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    for name, description in MARKERS.items():
-        config.addinivalue_line("markers", f"{name}: {description}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -64,14 +55,17 @@ def cluster() -> Iterator[Cluster]:
     where = layout()
     reused = controlplane.running(where) is not None
     if not reused:
-        done = subprocess.run([str(CLUSTER), "up"], capture_output=True, text=True)
+        done = subprocess.run([str(CLUSTER), "up"], check=False, capture_output=True, text=True)
         if done.returncode != 0:
-            pytest.fail(f"e2e/cluster up failed (exit {done.returncode}):\n{done.stderr[-8000:]}", pytrace=False)
+            pytest.fail(
+                f"e2e/cluster up failed (exit {done.returncode}):\n{done.stderr[-8000:]}",
+                pytrace=False,
+            )
     try:
         yield Cluster.connect(where)
     finally:
         if not reused:
-            subprocess.run([str(CLUSTER), "down"], capture_output=True, text=True)
+            subprocess.run([str(CLUSTER), "down"], check=False, capture_output=True, text=True)
 
 
 @pytest.fixture

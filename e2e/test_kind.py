@@ -22,8 +22,13 @@ def docker_engine_problem() -> str | None:
     if shutil.which("docker") is None:
         return "no docker command on PATH"
     try:
-        done = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except subprocess.TimeoutExpired:
         return "`docker info` did not answer within 30s"
     if done.returncode != 0:
@@ -36,11 +41,17 @@ def docker_engine_problem() -> str | None:
 def test_kind_script_installs_the_chart_and_runs_the_example_extraction() -> None:
     problem = docker_engine_problem()
     if problem:
-        pytest.skip(f"{problem}; kind needs one. Run e2e/kind/run.sh on a Docker host "
-                    "(CI: .github/workflows/kind.yml)")
+        pytest.skip(
+            f"{problem}; kind needs one. Run e2e/kind/run.sh on a Docker host "
+            "(CI: .github/workflows/kind.yml)"
+        )
     missing = [tool for tool in ("kind", "kubectl", "helm") if shutil.which(tool) is None]
-    assert not missing, f"a Docker engine is here but {missing} are not on PATH: install them to run {RUN}"
+    assert not missing, (
+        f"a Docker engine is here but {missing} are not on PATH: install them to run {RUN}"
+    )
 
-    done = subprocess.run([str(RUN)], capture_output=True, text=True, timeout=3600)
+    done = subprocess.run([str(RUN)], check=False, capture_output=True, text=True, timeout=3600)
 
-    assert done.returncode == 0, f"{RUN} exited {done.returncode}:\n{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
+    assert done.returncode == 0, (
+        f"{RUN} exited {done.returncode}:\n{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
+    )

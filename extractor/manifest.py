@@ -12,11 +12,12 @@ old document one version at a time (tests keep frozen fixtures of every version)
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -24,15 +25,32 @@ from metatide.extractor.errors import StateCorruptError
 from metatide.extractor.ids import ENTITIES, Entity, RunId
 
 MANIFEST_KEY: Final = "current-state/_manifest.json"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+
+
+def _v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
+    """v2 adds `layer` to file entries; every v1 file is a base file."""
+    files = document.get("files", {})
+    for refs in files.values() if isinstance(files, dict) else []:
+        for ref in refs if isinstance(refs, list) else []:
+            if isinstance(ref, dict):
+                ref.setdefault("layer", "base")
+    return document
+
 
 _MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     # version n -> n + 1; add one function per format change, never edit an old one.
+    1: _v1_to_v2,
 }
 
 
 class FileRef(BaseModel):
-    """One immutable state file; `bucket` is set for bucketed entities (table, column)."""
+    """One immutable state file; `bucket` is set for bucketed entities (table, column).
+
+    A bucket has a `base` file and at most one `delta` file per entity. The delta names
+    tables whose rows replace the base's: table rows with `op` upsert or delete, and all
+    columns of the upserted tables.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,6 +59,7 @@ class FileRef(BaseModel):
     bytes: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bucket: int | None = Field(default=None, ge=0)
+    layer: Literal["base", "delta"] = "base"
 
 
 class Manifest(BaseModel):
@@ -61,9 +80,13 @@ class Manifest(BaseModel):
         """Rows of an entity in the committed state."""
         return sum(ref.rows for ref in self.files.get(entity, []))
 
-    def buckets(self, entity: Entity) -> dict[int, FileRef]:
-        """The files of a bucketed entity by bucket number."""
-        return {ref.bucket: ref for ref in self.files.get(entity, []) if ref.bucket is not None}
+    def layer(self, entity: Entity, layer: Literal["base", "delta"]) -> dict[int, FileRef]:
+        """The base (or delta) files of a bucketed entity by bucket number."""
+        return {
+            ref.bucket: ref
+            for ref in self.files.get(entity, [])
+            if ref.bucket is not None and ref.layer == layer
+        }
 
     def referenced_keys(self) -> set[str]:
         """Every key this manifest needs to stay readable."""
@@ -79,8 +102,17 @@ class Manifest(BaseModel):
 
 
 def _content_hash(manifest: Manifest) -> str:
-    document = manifest.model_dump(mode="json", exclude={"content_hash"})
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return _document_hash(manifest.model_dump(mode="json"))
+
+
+def _document_hash(document: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of a manifest document, without its own hash field.
+
+    Verified on the document as stored, before any migration, so an old manifest keeps
+    verifying after the format moves on.
+    """
+    content = {key: value for key, value in document.items() if key != "content_hash"}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -116,17 +148,18 @@ def parse_manifest(data: bytes, location: str) -> Manifest:
     if not isinstance(document, dict):
         raise StateCorruptError(f"the manifest in {location} is not a JSON object; {advice}")
     try:
-        manifest = Manifest.model_validate(upgrade(document, location))
+        manifest = Manifest.model_validate(upgrade(copy.deepcopy(document), location))
     except ValidationError as exc:
         raise StateCorruptError(
             f"the manifest in {location} does not match its format: {exc.errors()[0]['msg']} at "
             f"{'.'.join(map(str, exc.errors()[0]['loc']))}; {advice}"
         ) from exc
-    expected = _content_hash(manifest)
-    if manifest.content_hash != expected:
+    stored_hash = document.get("content_hash")
+    expected = _document_hash(document)
+    if stored_hash != expected:
         raise StateCorruptError(
             f"the manifest in {location} fails its checksum (content_hash "
-            f"{manifest.content_hash[:12] or 'missing'}…, computed {expected[:12]}…); {advice}"
+            f"{str(stored_hash or 'missing')[:12]}…, computed {expected[:12]}…); {advice}"
         )
     missing = [entity for entity in ENTITIES if entity not in manifest.files]
     if missing:

@@ -104,3 +104,10 @@ def table_to_keys(table: pa.Table) -> list[TableKey]:
     """The (database, schema, table) keys of an Arrow table, in its row order."""
     names = [table.column(name).to_pylist() for name in TABLE_KEY_COLUMNS]
     return list(zip(*names, strict=True))
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The table's columns named by `schema`, cast to its types, in its order."""
+    return pa.Table.from_arrays(
+        [table.column(field.name).cast(field.type) for field in schema], schema=schema
+    )

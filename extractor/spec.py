@@ -271,11 +271,18 @@ class StateSpec(_Model):
     """Layout of the committed state."""
 
     tables_per_bucket: int = Field(
-        default=4,
+        default=5000,
         ge=1,
-        le=100_000,
-        description="Target tables per state bucket. Small buckets make an incremental run "
-        "rewrite little; the bucket count is fixed at a full run and kept while it fits.",
+        le=1_000_000,
+        description="Target tables per state bucket. The bucket count is fixed at a full run "
+        "and kept while it fits (within a factor of 4).",
+    )
+    compaction_ratio: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="A bucket's changes accumulate in a small delta file; when the delta holds "
+        "more than this fraction of the bucket's tables, the bucket is rewritten whole.",
     )
     keep_runs: int = Field(
         default=10, ge=1, description="Committed runs whose runs/{id}/ folders (diffs) are kept."

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metatide.extractor.errors import StateCorruptError
-from metatide.extractor.ids import ENTITIES, Entity, RunId
+from metatide.extractor.ids import Entity, RunId
 from metatide.extractor.manifest import MANIFEST_KEY, FileRef, Manifest, parse_manifest
 from metatide.extractor.records import KEY_COLUMNS, SCHEMAS
 from metatide.extractor.storage import KeyNotFoundError, Store
@@ -73,11 +73,12 @@ def choose_bucket_count(tables: int, per_bucket: int, previous: int | None) -> i
     return fitted
 
 
-def state_key(entity: Entity, run_id: RunId, bucket: int | None = None) -> str:
+def state_key(entity: Entity, run_id: RunId, bucket: int | None = None, layer: str = "base") -> str:
     """Where a state file lives; the run id in the name keeps committed files immutable."""
     if bucket is None:
         return f"current-state/{entity}/{run_id}.parquet"
-    return f"current-state/{entity}/b{bucket:06d}-{run_id}.parquet"
+    suffix = "" if layer == "base" else f".{layer}"
+    return f"current-state/{entity}/b{bucket:06d}-{run_id}{suffix}.parquet"
 
 
 def encode_parquet(table: pa.Table) -> bytes:
@@ -87,20 +88,21 @@ def encode_parquet(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
-def describe(key: str, data: bytes, rows: int, bucket: int | None = None) -> FileRef:
+def describe(
+    key: str, data: bytes, rows: int, bucket: int | None = None, layer: str = "base"
+) -> FileRef:
     """The manifest entry of bytes about to be stored."""
     digest = hashlib.sha256(data).hexdigest()
-    return FileRef(key=key, rows=rows, bytes=len(data), sha256=digest, bucket=bucket)
-
-
-async def write_state_file(
-    store: Store, entity: Entity, run_id: RunId, table: pa.Table, bucket: int | None = None
-) -> FileRef:
-    """Store one state file and return its manifest entry."""
-    data = encode_parquet(table.cast(SCHEMAS[entity]))
-    ref = describe(state_key(entity, run_id, bucket), data, table.num_rows, bucket)
-    await store.put(ref.key, data)
-    return ref
+    return FileRef.model_validate(
+        {
+            "key": key,
+            "rows": rows,
+            "bytes": len(data),
+            "sha256": digest,
+            "bucket": bucket,
+            "layer": layer,
+        }
+    )
 
 
 async def fetch_verified(store: Store, refs: Sequence[FileRef], workdir: Path) -> list[Path]:
@@ -145,15 +147,3 @@ def read_parquet_files(paths: Iterable[Path], entity: Entity) -> pa.Table:
 def sort_by_key(entity: Entity, table: pa.Table) -> pa.Table:
     """Rows in key order, the canonical order for comparisons and output."""
     return table.sort_by([(name, "ascending") for name in KEY_COLUMNS[entity]])
-
-
-async def read_state(store: Store, workdir: Path) -> dict[Entity, pa.Table]:
-    """The whole committed state, sorted (tests and consumers; the engine reads buckets)."""
-    committed = await read_committed(store)
-    if committed is None:
-        return {entity: SCHEMAS[entity].empty_table() for entity in ENTITIES}
-    state = {}
-    for entity in ENTITIES:
-        paths = await fetch_verified(store, committed.manifest.files[entity], workdir)
-        state[entity] = sort_by_key(entity, read_parquet_files(paths, entity))
-    return state

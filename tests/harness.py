@@ -20,7 +20,8 @@ from metatide.extractor.phases.run import run
 from metatide.extractor.records import KEY_COLUMNS, SCHEMAS
 from metatide.extractor.runfiles import diff_key
 from metatide.extractor.spec import ExtractionSpec, parse_spec
-from metatide.extractor.state import read_state, sort_by_key
+from metatide.extractor.layers import read_state
+from metatide.extractor.state import sort_by_key
 from metatide.extractor.storage import KeyNotFoundError, Store, open_store
 
 State = dict[Entity, pa.Table]
@@ -56,7 +57,7 @@ async def run_pipeline(spec: ExtractionSpec, workdir: Path, **options: Any) -> d
 
 async def committed_state(spec: ExtractionSpec, workdir: Path) -> State:
     workdir.mkdir(parents=True, exist_ok=True)
-    return await read_state(open_store(spec), workdir)
+    return await read_state(open_store(spec), workdir, spec.duckdb)
 
 
 async def full_state(spec: ExtractionSpec, store_url: str, workdir: Path) -> State:

@@ -2,7 +2,8 @@
 # End-to-end run on a kind cluster (hosts with a Docker engine; CI: .github/workflows/kind.yml).
 # Creates the kind cluster (reused if present), builds and loads the project image, installs
 # MinIO and PostgreSQL, installs charts/metatide, applies an example IncrementalExtraction and
-# waits until it reports Ready. Needs docker, kind, kubectl and helm on PATH.
+# waits until its first run succeeded (status.lastSuccessfulRun). Needs docker, kind, kubectl
+# and helm on PATH.
 #   e2e/kind/run.sh            run (exit 0 only if the extraction succeeded)
 #   e2e/kind/run.sh diagnose   print what a failed run left behind
 #   e2e/kind/run.sh delete     delete the kind cluster
@@ -18,6 +19,7 @@ diagnose() {
   kubectl -n "$ns" get all,incrementalextractions,jobs -o wide || true
   kubectl -n "$ns" describe incrementalextractions || true
   kubectl -n "$ns" logs -l app.kubernetes.io/name=metatide --all-containers --tail=200 || true
+  kubectl -n "$ns" logs -l batch.kubernetes.io/job-name --all-containers --prefix --tail=50 || true
   kubectl -n "$ns" get events --sort-by=.lastTimestamp | tail -50 || true
 }
 
@@ -48,9 +50,17 @@ helm upgrade --install metatide charts/metatide --namespace "$ns" --wait --timeo
   --set image.repository="${image%:*}" --set image.tag="${image##*:}" --set image.pullPolicy=Never
 
 kubectl -n "$ns" apply -f "$kind_dir/example.yaml"
-if ! kubectl -n "$ns" wait incrementalextraction/example --for=condition=Ready --timeout=600s; then
-  diagnose
-  exit 1
-fi
+# Success is a recorded lastSuccessfulRun; Stalled=True means the run failed: stop at once.
+field() { kubectl -n "$ns" get incrementalextraction example -o jsonpath="$1"; }
+deadline=$((SECONDS + 600))
+until [ -n "$(field '{.status.lastSuccessfulRun.finishedAt}')" ]; do
+  stalled="$(field '{.status.conditions[?(@.type=="Stalled")].status}')"
+  if [ "$stalled" = True ] || [ "$SECONDS" -ge "$deadline" ]; then
+    echo "kind e2e: the example extraction did not succeed (Stalled=$stalled)" >&2
+    diagnose
+    exit 1
+  fi
+  sleep 5
+done
 kubectl -n "$ns" get incrementalextraction example -o yaml
 echo "kind e2e: the example extraction succeeded"

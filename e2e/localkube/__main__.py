@@ -11,9 +11,10 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 
 from . import build, controlplane
-from .settings import KUBERNETES_VERSION, layout
+from .settings import KUBERNETES_VERSION, Layout, layout
 
 USAGE = """\
 usage: e2e/cluster COMMAND [ARGS...]
@@ -47,9 +48,66 @@ def _component_args(pairs: list[str]) -> dict[str, list[str]]:
     for pair in pairs:
         component, _, arg = pair.partition("=")
         if component not in controlplane.COMPONENTS or not arg:
-            sys.exit(f"--component-arg wants COMPONENT=ARG with COMPONENT in {controlplane.COMPONENTS}, got {pair!r}")
+            known = ", ".join(controlplane.COMPONENTS)
+            sys.exit(
+                f"--component-arg wants COMPONENT=ARG with COMPONENT one of {known}; got {pair!r}"
+            )
         extra.setdefault(component, []).append(arg)
     return extra
+
+
+def _up(where: Layout, rest: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="e2e/cluster up")
+    parser.add_argument("--component-arg", action="append", default=[], metavar="COMPONENT=ARG")
+    options = parser.parse_args(rest)
+    try:
+        print(controlplane.up(where, _component_args(options.component_arg)))
+    except (controlplane.ComponentError, build.BuildError) as error:
+        print(f"localkube: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _kubelet(where: Layout, rest: list[str]) -> int:
+    from . import kubelet  # only the kubelet process needs it
+
+    kubelet.main(rest)
+    return 0
+
+
+def _env(where: Layout, rest: list[str]) -> int:
+    print(f"export KUBECONFIG={where.admin_kubeconfig}")
+    print(f"export PATH={where.kube_bin}:{where.helm_bin}:$PATH")
+    return 0
+
+
+def _status(where: Layout, rest: list[str]) -> int:
+    print(json.dumps(controlplane.status(where), indent=2))
+    return 0
+
+
+def _simple(action: Callable[[Layout], object]) -> Callable[[Layout, list[str]], int]:
+    def run(where: Layout, rest: list[str]) -> int:
+        action(where)
+        return 0
+
+    return run
+
+
+def _gomod(where: Layout, rest: list[str]) -> int:
+    build.regenerate_gomod(where, rest[0] if rest else KUBERNETES_VERSION)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Layout, list[str]], int]] = {
+    "build": _simple(build.build_all),
+    "up": _up,
+    "down": _simple(controlplane.down),
+    "status": _status,
+    "env": _env,
+    "gomod": _gomod,
+    "kubelet": _kubelet,
+}
 
 
 def main(argv: list[str]) -> int:
@@ -57,42 +115,13 @@ def main(argv: list[str]) -> int:
         print(USAGE, end="")
         return 0
     command, rest = argv[0], argv[1:]
-    where = layout()
     if command in ("kubectl", "helm"):
         _exec(command, rest)
-    if command == "kubelet":
-        from . import kubelet
-
-        kubelet.main(rest)
-        return 0
-    if command == "build":
-        build.build_all(where)
-        return 0
-    if command == "up":
-        parser = argparse.ArgumentParser(prog="e2e/cluster up")
-        parser.add_argument("--component-arg", action="append", default=[], metavar="COMPONENT=ARG")
-        options = parser.parse_args(rest)
-        try:
-            print(controlplane.up(where, _component_args(options.component_arg)))
-        except (controlplane.ComponentFailed, build.BuildError) as error:
-            print(f"localkube: {error}", file=sys.stderr)
-            return 1
-        return 0
-    if command == "down":
-        controlplane.down(where)
-        return 0
-    if command == "status":
-        print(json.dumps(controlplane.status(where), indent=2))
-        return 0
-    if command == "env":
-        print(f"export KUBECONFIG={where.admin_kubeconfig}")
-        print(f"export PATH={where.kube_bin}:{where.helm_bin}:$PATH")
-        return 0
-    if command == "gomod":
-        build.regenerate_gomod(where, rest[0] if rest else KUBERNETES_VERSION)
-        return 0
-    print(f"e2e/cluster: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")
-    return 2
+    handler = COMMANDS.get(command)
+    if handler is None:
+        print(f"e2e/cluster: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")
+        return 2
+    return handler(layout(), rest)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,9 @@ class Api:
         return cls(url.hostname or "127.0.0.1", url.port or 443, context, user.get("token"))
 
     def _connection(self, timeout: float) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=timeout)
+        return http.client.HTTPSConnection(
+            self.host, self.port, context=self.context, timeout=timeout
+        )
 
     def _headers(self, content_type: str | None) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": "metatide-localkube"}
@@ -85,7 +87,9 @@ class Api:
         payload = json.dumps(body).encode() if body is not None else None
         connection = self._connection(timeout)
         try:
-            connection.request(method, url, body=payload, headers=self._headers(content_type if payload else None))
+            connection.request(
+                method, url, body=payload, headers=self._headers(content_type if payload else None)
+            )
             response = connection.getresponse()
             text = response.read().decode()
         finally:
@@ -101,7 +105,9 @@ class Api:
         return self.request("POST", path, body)
 
     def patch(self, path: str, body: JSON, *, strategic: bool = False) -> JSON:
-        return self.request("PATCH", path, body, content_type=STRATEGIC_PATCH if strategic else MERGE_PATCH)
+        return self.request(
+            "PATCH", path, body, content_type=STRATEGIC_PATCH if strategic else MERGE_PATCH
+        )
 
     def delete(self, path: str, body: JSON | None = None) -> JSON:
         return self.request("DELETE", path, body)
@@ -120,7 +126,9 @@ class Api:
             raise ApiError("GET", url, response.status, text)
         return text
 
-    def watch(self, path: str, resource_version: str, timeout_seconds: int = 300) -> Iterator[tuple[str, JSON]]:
+    def watch(
+        self, path: str, resource_version: str, timeout_seconds: int = 300
+    ) -> Iterator[tuple[str, JSON]]:
         """Yields (type, object) events from ``resource_version`` on until the server closes.
 
         Raises ApiError(410) when the version is too old; the caller lists again.

@@ -59,7 +59,7 @@ class ImageRule:
 
 
 def image_name(image: str) -> str:
-    """The repository's last path element without tag or digest: ``r.io/x/metatide:1`` -> metatide."""
+    """The last path element without tag or digest: ``r.io/x/metatide:1`` -> ``metatide``."""
     last = image.rsplit("/", 1)[-1]
     return last.split("@", 1)[0].split(":", 1)[0]
 
@@ -80,7 +80,11 @@ def load_rules(path: str | None = None) -> list[ImageRule]:
     if path:
         for rule in json.loads(Path(path).read_text()):
             extra.append(
-                ImageRule(rule["pattern"], tuple(rule.get("entrypoint", ())), dict(rule.get("commands", {})))
+                ImageRule(
+                    rule["pattern"],
+                    tuple(rule.get("entrypoint", ())),
+                    dict(rule.get("commands", {})),
+                )
             )
     return extra + default_rules()
 
@@ -133,15 +137,21 @@ def _key_ref(kind: str, ref: JSON, lookup: Lookup) -> str | None:
         raise ContainerConfigError(f'{kind} "{ref["name"]}" not found')
     value = _data(kind, obj).get(ref["key"])
     if value is None and not optional:
-        raise ContainerConfigError(f'couldn\'t find key {ref["key"]} in {kind} {ref["name"]}')
+        raise ContainerConfigError(f"couldn't find key {ref['key']} in {kind} {ref['name']}")
     return value
 
 
 def _data(kind: str, obj: JSON) -> dict[str, str]:
     """String values of a Secret (base64-decoded) or ConfigMap (data and binaryData)."""
     if kind == "Secret":
-        return {k: base64.b64decode(v).decode(errors="replace") for k, v in (obj.get("data") or {}).items()}
-    binary = {k: base64.b64decode(v).decode(errors="replace") for k, v in (obj.get("binaryData") or {}).items()}
+        return {
+            k: base64.b64decode(v).decode(errors="replace")
+            for k, v in (obj.get("data") or {}).items()
+        }
+    binary = {
+        k: base64.b64decode(v).decode(errors="replace")
+        for k, v in (obj.get("binaryData") or {}).items()
+    }
     return binary | dict(obj.get("data") or {})
 
 
@@ -180,7 +190,11 @@ def _value_from(source: JSON, pod: JSON, lookup: Lookup) -> str | None:
 def _env_from(sources: list[JSON], lookup: Lookup) -> dict[str, str]:
     env: dict[str, str] = {}
     for source in sources:
-        kind, ref = ("Secret", source["secretRef"]) if "secretRef" in source else ("ConfigMap", source["configMapRef"])
+        kind, ref = (
+            ("Secret", source["secretRef"])
+            if "secretRef" in source
+            else ("ConfigMap", source["configMapRef"])
+        )
         obj = lookup(kind, ref["name"])
         if obj is None:
             if ref.get("optional"):
@@ -191,7 +205,9 @@ def _env_from(sources: list[JSON], lookup: Lookup) -> dict[str, str]:
     return env
 
 
-def container_env(container: JSON, pod: JSON, base: Mapping[str, str], lookup: Lookup) -> dict[str, str]:
+def container_env(
+    container: JSON, pod: JSON, base: Mapping[str, str], lookup: Lookup
+) -> dict[str, str]:
     """The process environment: ``base`` (PATH, HOME, API access...), then envFrom, then env."""
     env = dict(base)
     env.update(_env_from(container.get("envFrom") or [], lookup))

@@ -1,7 +1,7 @@
 """Brings the local cluster up and down: etcd, kube-apiserver, kube-controller-manager, kubelet.
 
 ``up`` starts each component on 127.0.0.1 (ports chosen free at start), waits until it is
-healthy before starting the next, and raises ComponentFailed with the tail of the component's
+healthy before starting the next, and raises ComponentError with the tail of the component's
 log when one exits or does not become ready, after stopping what it had started. It is
 idempotent: a cluster that is already up and healthy is reused. ``down`` stops, in reverse order,
 exactly the processes recorded in the state directory's pid files (pod processes included) and
@@ -10,6 +10,8 @@ removes everything but the logs.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -18,21 +20,21 @@ import ssl
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import build, pki, procs
 from .api import Api, ApiError
-from .settings import E2E_DIR, KUBERNETES_VERSION, NODE_NAME, Layout
+from .settings import E2E_DIR, KUBERNETES_VERSION, NODE_NAME, REPO_ROOT, Layout
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kubelet")
 SERVICE_CIDR = "10.96.0.0/16"  # allocation only: nothing routes to it here
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
-class ComponentFailed(RuntimeError):
+class ComponentError(RuntimeError):
     """A component exited or did not become ready; the message ends with its log tail."""
 
     def __init__(self, component: str, problem: str, log: Path) -> None:
@@ -74,11 +76,18 @@ def _extra(extra_args: dict[str, list[str]], component: str) -> list[str]:
 def etcd_argv(layout: Layout, ports: Ports) -> list[str]:
     client, peer = f"http://127.0.0.1:{ports.etcd_client}", f"http://127.0.0.1:{ports.etcd_peer}"
     return [
-        str(layout.kube_bin / "etcd"), "--name=localkube", f"--data-dir={layout.etcd_data}",
-        f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-        f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-        f"--initial-cluster=localkube={peer}", "--initial-cluster-state=new",
-        "--log-level=warn", "--quota-backend-bytes=2147483648", "--unsafe-no-fsync",
+        str(layout.kube_bin / "etcd"),
+        "--name=localkube",
+        f"--data-dir={layout.etcd_data}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=localkube={peer}",
+        "--initial-cluster-state=new",
+        "--log-level=warn",
+        "--quota-backend-bytes=2147483648",
+        "--unsafe-no-fsync",
     ]
 
 
@@ -86,9 +95,21 @@ def apiserver_argv(layout: Layout, ports: Ports, certs: pki.Pki) -> list[str]:
     return [
         str(layout.kube_bin / "kube-apiserver"),
         f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
-        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports.apiserver}",
-        f"--tls-cert-file={certs.apiserver.cert}", f"--tls-private-key-file={certs.apiserver.key}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={ports.apiserver}",
+        f"--tls-cert-file={certs.apiserver.cert}",
+        f"--tls-private-key-file={certs.apiserver.key}",
         f"--client-ca-file={certs.ca.cert}",
+        # The front-proxy (request-header) CA, as kubeadm sets it up: components that delegate
+        # authentication to the API server (kube-controller-manager) expect it to be present.
+        f"--requestheader-client-ca-file={certs.front_proxy_ca.cert}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={certs.front_proxy_client.cert}",
+        f"--proxy-client-key-file={certs.front_proxy_client.key}",
         f"--service-account-issuer={ISSUER}",
         f"--service-account-key-file={certs.service_account_pub}",
         f"--service-account-signing-key-file={certs.service_account_key}",
@@ -101,28 +122,45 @@ def apiserver_argv(layout: Layout, ports: Ports, certs: pki.Pki) -> list[str]:
         "--kubelet-preferred-address-types=InternalIP",
         # A loopback address may not be published as the kubernetes Service's endpoint.
         "--endpoint-reconciler-type=none",
-        "--allow-privileged=true", "--profiling=false", "--v=1",
+        "--allow-privileged=true",
+        "--profiling=false",
+        "--v=1",
     ]
 
 
-def controller_manager_argv(layout: Layout, ports: Ports, certs: pki.Pki, kubeconfig: Path) -> list[str]:
+def controller_manager_argv(
+    layout: Layout, ports: Ports, certs: pki.Pki, kubeconfig: Path
+) -> list[str]:
     return [
         str(layout.kube_bin / "kube-controller-manager"),
         f"--kubeconfig={kubeconfig}",
-        f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
-        "--bind-address=127.0.0.1", f"--secure-port={ports.controller_manager}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={ports.controller_manager}",
         f"--service-account-private-key-file={certs.service_account_key}",
         f"--root-ca-file={certs.ca.cert}",
-        f"--cluster-signing-cert-file={certs.ca.cert}", f"--cluster-signing-key-file={certs.ca.key}",
-        "--use-service-account-credentials=true", "--controllers=*", "--leader-elect=false",
-        f"--service-cluster-ip-range={SERVICE_CIDR}", "--profiling=false", "--v=1",
+        f"--cluster-signing-cert-file={certs.ca.cert}",
+        f"--cluster-signing-key-file={certs.ca.key}",
+        "--use-service-account-credentials=true",
+        "--controllers=*",
+        "--leader-elect=false",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--profiling=false",
+        "--v=1",
     ]
 
 
 def kubelet_argv(layout: Layout, ports: Ports) -> list[str]:
     return [
-        sys.executable, "-m", "localkube", "kubelet", f"--kubeconfig={layout.admin_kubeconfig}",
-        f"--port={ports.kubelet}", f"--pki={layout.certs}", f"--bin={layout.kube_bin}",
+        sys.executable,
+        "-m",
+        "localkube",
+        "kubelet",
+        f"--kubeconfig={layout.admin_kubeconfig}",
+        f"--port={ports.kubelet}",
+        f"--pki={layout.certs}",
+        f"--bin={layout.kube_bin}",
     ]
 
 
@@ -175,15 +213,17 @@ def _default_service_account(api: Api) -> bool:
         return False
 
 
-def _wait(name: str, owned: procs.Owned, log: Path, ready: Callable[[], bool], timeout: float) -> None:
+def _wait(
+    name: str, owned: procs.Owned, log: Path, ready: Callable[[], bool], timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ready():
             return
         if not owned.alive():
-            raise ComponentFailed(name, "exited during start-up", log)
+            raise ComponentError(name, "exited during start-up", log)
         time.sleep(0.25)
-    raise ComponentFailed(name, f"was not ready after {timeout:.0f}s", log)
+    raise ComponentError(name, f"was not ready after {timeout:.0f}s", log)
 
 
 class _Starter:
@@ -192,7 +232,9 @@ class _Starter:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> tuple[procs.Owned, Path]:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> tuple[procs.Owned, Path]:
         log = self.layout.logs / f"{name}.log"
         _, owned = procs.spawn(name, argv, log, env=env, cwd=self.layout.state)
         owned.save(self.layout.pids / f"{name}.json")
@@ -205,27 +247,45 @@ def running(layout: Layout) -> dict[str, Any] | None:
         record: dict[str, Any] = json.loads(layout.cluster_file.read_text())
     except (OSError, ValueError):
         return None
+    if record.get("repo") != str(REPO_ROOT):
+        return None  # its kubelet runs another checkout's `metatide`: not ours to reuse
     for name in COMPONENTS:
         owned = procs.Owned.load(layout.pids / f"{name}.json")
         if owned is None or not owned.alive():
             return None
-    if not _api_ready(Api.from_kubeconfig(layout.admin_kubeconfig)):
+    try:
+        api = Api.from_kubeconfig(layout.admin_kubeconfig)
+    except (OSError, ValueError, KeyError, ssl.SSLError):
         return None
-    return record
+    return record if _api_ready(api) else None
+
+
+@contextlib.contextmanager
+def _locked(layout: Layout) -> Iterator[None]:
+    """Serialises up and down on one state directory (two test runs may race for it)."""
+    layout.state.parent.mkdir(parents=True, exist_ok=True)
+    with open(layout.state.parent / f".{layout.state.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def up(layout: Layout, extra_args: dict[str, list[str]] | None = None) -> Path:
-    """Builds what is missing, starts the cluster (or reuses a healthy one), returns the kubeconfig."""
+    """Builds what is missing, starts the cluster (or reuses a healthy one): the kubeconfig."""
+    with _locked(layout):
+        return _up(layout, extra_args or {})
+
+
+def _up(layout: Layout, extra_args: dict[str, list[str]]) -> Path:
     if running(layout) is not None:
         _say(f"cluster already up (state {layout.state})")
         return layout.admin_kubeconfig
-    down(layout, keep_logs=False)
+    _down(layout, keep_logs=False)
     build.build_all(layout)
     started = time.monotonic()
     try:
-        _start_all(layout, extra_args or {})
+        _start_all(layout, extra_args)
     except BaseException:
-        down(layout, keep_logs=True)
+        _down(layout, keep_logs=True)
         raise
     _say(f"cluster up in {time.monotonic() - started:.1f}s (state {layout.state})")
     return layout.admin_kubeconfig
@@ -238,7 +298,9 @@ def _start_all(layout: Layout, extra: dict[str, list[str]]) -> None:
     ports = Ports(*_free_ports(5))
     certs = pki.make_pki(layout.certs)
     server = f"https://127.0.0.1:{ports.apiserver}"
-    pki.write_private(layout.admin_kubeconfig, pki.kubeconfig(server, certs.ca.cert, pki.cert_user(certs.admin)))
+    pki.write_private(
+        layout.admin_kubeconfig, pki.kubeconfig(server, certs.ca.cert, pki.cert_user(certs.admin))
+    )
     kcm_config = pki.write_private(
         layout.state / "controller-manager.kubeconfig",
         pki.kubeconfig(server, certs.ca.cert, pki.cert_user(certs.controller_manager)),
@@ -251,22 +313,29 @@ def _start_all(layout: Layout, extra: dict[str, list[str]]) -> None:
     _wait("etcd", owned, log, lambda: _http_ok(f"http://127.0.0.1:{ports.etcd_client}/health"), 30)
 
     _say("starting kube-apiserver")
-    owned, log = starter.start("kube-apiserver", apiserver_argv(layout, ports, certs) + _extra(extra, "kube-apiserver"))
+    owned, log = starter.start(
+        "kube-apiserver", apiserver_argv(layout, ports, certs) + _extra(extra, "kube-apiserver")
+    )
     _wait("kube-apiserver", owned, log, lambda: _api_ready(api), 120)
 
     _say("starting kube-controller-manager")
-    argv = controller_manager_argv(layout, ports, certs, kcm_config) + _extra(extra, "kube-controller-manager")
+    argv = controller_manager_argv(layout, ports, certs, kcm_config) + _extra(
+        extra, "kube-controller-manager"
+    )
     kcm, kcm_log = starter.start("kube-controller-manager", argv)
     healthz = f"https://127.0.0.1:{ports.controller_manager}/healthz"
     _wait("kube-controller-manager", kcm, kcm_log, lambda: _http_ok(healthz, _insecure()), 60)
 
     _say("starting the test kubelet")
-    owned, log = starter.start("kubelet", kubelet_argv(layout, ports) + _extra(extra, "kubelet"), _kubelet_env())
+    owned, log = starter.start(
+        "kubelet", kubelet_argv(layout, ports) + _extra(extra, "kubelet"), _kubelet_env()
+    )
     _wait("kubelet", owned, log, lambda: _node_ready(api), 30)
     _wait("kube-controller-manager", kcm, kcm_log, lambda: _default_service_account(api), 60)
 
     record = {
         "kubeconfig": str(layout.admin_kubeconfig),
+        "repo": str(REPO_ROOT),
         "server": server,
         "ports": ports.__dict__,
         "node": NODE_NAME,
@@ -288,6 +357,11 @@ def _pod_processes(layout: Layout) -> list[procs.Owned]:
 
 def down(layout: Layout, keep_logs: bool = True) -> None:
     """Stops the processes this state directory records (pods too) and removes the state."""
+    with _locked(layout):
+        _down(layout, keep_logs)
+
+
+def _down(layout: Layout, keep_logs: bool) -> None:
     if not layout.state.exists():
         return
     for name in reversed(COMPONENTS):
@@ -297,7 +371,9 @@ def down(layout: Layout, keep_logs: bool = True) -> None:
             procs.stop(owned, grace=10.0)
         if name == "kubelet":
             for pod_process in _pod_processes(layout):
-                procs.stop(pod_process, grace=2.0)
+                if pod_process.alive():
+                    _say(f"stopping pod process {pod_process.name} (pid {pod_process.pid})")
+                    procs.stop(pod_process, grace=2.0)
     for child in layout.state.iterdir():
         if keep_logs and child == layout.logs:
             continue

@@ -43,9 +43,9 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from . import logserver, pki, procs
@@ -67,6 +67,7 @@ log = logging.getLogger("kubelet")
 TERMINAL = ("Succeeded", "Failed")
 MESSAGE_LIMIT = 4096
 LEASE_SECONDS = 40
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def now() -> str:
@@ -75,10 +76,6 @@ def now() -> str:
 
 def now_micro() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class Shutdown(Exception):
-    """Raised in the main thread by SIGTERM/SIGINT so the reflector unwinds promptly."""
 
 
 class ContainerRun:
@@ -95,6 +92,8 @@ class ContainerRun:
         self.last_state: JSON = {}
         self.started_at = ""
         self.restart_at: float | None = None
+        self.exited = False  # the current process's exit is recorded in ``state``
+        self.start_failed = False  # a failed start that poll() has yet to report
         self.done = False  # exited and will not be restarted
 
     @property
@@ -102,28 +101,49 @@ class ContainerRun:
         return self.directory / "termination" / self.name
 
     def log_file(self, restarts: int | None = None) -> Path:
-        return self.directory / "logs" / f"{self.name}-{self.restarts if restarts is None else restarts}.log"
+        return (
+            self.directory
+            / "logs"
+            / f"{self.name}-{self.restarts if restarts is None else restarts}.log"
+        )
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
+        return self.process is not None and not self.exited and self.process.poll() is None
 
     def start(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
         """Starts (or restarts) the process; its pid file lets ``down`` kill it if we cannot."""
         self.termination_file.parent.mkdir(parents=True, exist_ok=True)
         self.termination_file.write_bytes(b"")
         self.process, self.owned = procs.spawn(self.name, argv, self.log_file(), env=env, cwd=cwd)
+        self.exited = False
         self.owned.save(self.directory / "pids" / f"{self.name}.json")
         self.started_at = now()
         self.state = {"running": {"startedAt": self.started_at}}
         self.restart_at = None
         log.info("started %s pid %d: %s", self.name, self.process.pid, argv)
 
+    def fail_start(self, message: str) -> None:
+        """Records a process that could not be started as exit code 128, as the kubelet does."""
+        self.started_at = self.started_at or now()
+        finished = {"exitCode": 128, "reason": "StartError", "message": message[:MESSAGE_LIMIT]}
+        self.state = {"terminated": finished | {"startedAt": self.started_at, "finishedAt": now()}}
+        self.start_failed = True
+        self.restart_at = None
+        log.warning("container %s could not start: %s", self.name, message)
+
     def poll(self) -> bool:
-        """Records the exit of the process; True when it just exited."""
-        if self.process is None or self.process.returncode is not None or self.process.poll() is None:
+        """Records the exit of the process; True when it just exited (or failed to start)."""
+        if self.start_failed:
+            self.start_failed = False
+            return True
+        if self.process is None or self.exited:
             return False
-        code = exit_code(self.process.returncode)
+        returncode = self.process.poll()
+        if returncode is None:
+            return False
+        self.exited = True
+        code = exit_code(returncode)
         terminated: JSON = {
             "exitCode": code,
             "reason": "Completed" if code == 0 else "Error",
@@ -143,14 +163,18 @@ class ContainerRun:
             text = self.termination_file.read_bytes()[:MESSAGE_LIMIT].decode(errors="replace")
         except OSError:
             text = ""
-        if not text and code != 0 and self.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+        if (
+            not text
+            and code != 0
+            and self.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+        ):
             lines = procs.tail(self.log_file(), 80)
             text = lines.encode()[-2048:].decode(errors="replace")
         return text
 
     def kill(self, grace: float) -> None:
         if self.owned is not None and self.running:
-            procs.stop(self.owned, grace)
+            procs.stop(self.owned, grace, self.process)
         self.poll()
 
     def exit_code(self) -> int | None:
@@ -163,7 +187,9 @@ class ContainerRun:
         self.restarts += 1
         delay = min(30.0, 2.0 ** (self.restarts - 1))
         self.restart_at = time.monotonic() + delay
-        self.state = {"waiting": {"reason": "CrashLoopBackOff", "message": f"back-off {delay:.0f}s"}}
+        self.state = {
+            "waiting": {"reason": "CrashLoopBackOff", "message": f"back-off {delay:.0f}s"}
+        }
 
     def status(self) -> JSON:
         ready = self.running
@@ -182,6 +208,11 @@ class ContainerRun:
         return container_status
 
 
+def _still_running(run: ContainerRun, previous: bool) -> Callable[[], bool]:
+    """For ``kubectl logs -f``: the log of a finished or earlier instance does not grow."""
+    return lambda: run.running and not previous
+
+
 class PodWorker(threading.Thread):
     """Runs one pod from bind to deletion and publishes its status."""
 
@@ -196,7 +227,9 @@ class PodWorker(threading.Thread):
         self.directory = kubelet.pods_dir / f"{self.namespace}_{self.pod_name}_{self.uid[:8]}"
         self.wake = threading.Event()
         self.gone = False
-        self.init_runs = [ContainerRun(c, self.directory) for c in pod["spec"].get("initContainers") or []]
+        self.init_runs = [
+            ContainerRun(c, self.directory) for c in pod["spec"].get("initContainers") or []
+        ]
         self.runs = [ContainerRun(c, self.directory) for c in pod["spec"]["containers"]]
         self.phase = "Pending"
         self.start_time = now()
@@ -214,7 +247,6 @@ class PodWorker(threading.Thread):
         self.gone = True
         self.wake.set()
 
-    @property
     def deleting(self) -> bool:
         return self.gone or bool(self.pod["metadata"].get("deletionTimestamp"))
 
@@ -245,27 +277,40 @@ class PodWorker(threading.Thread):
 
     def _lost(self) -> None:
         for run in self.runs:
-            run.state = {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown",
-                                        "message": "the test kubelet restarted", "finishedAt": now()}}
+            run.state = {
+                "terminated": {
+                    "exitCode": 137,
+                    "reason": "ContainerStatusUnknown",
+                    "message": "the test kubelet restarted",
+                    "finishedAt": now(),
+                }
+            }
             run.done = True
         self.phase = "Failed"
         self.publish()
 
     def _prepare(self) -> bool:
-        """Resolves API access and every container's environment, retrying config errors."""
+        """Resolves API access and every container's environment, retrying config errors.
+
+        A command that cannot be mapped or found is not a config error: it fails at start with
+        exit code 128 (StartError), as a missing executable does in a real container.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
-        while not self.deleting:
+        while not self.deleting():
             try:
                 base = self._base_env()
                 for run in self.init_runs + self.runs:
-                    env = container_env(run.spec, self.pod, base | self._per_container(run), self._lookup)
+                    env = container_env(
+                        run.spec, self.pod, base | self._per_container(run), self._lookup
+                    )
                     self.environments[run.name] = env
-                    resolve_argv(run.spec, env, self.kubelet.rules)
                 self._condition("PodReadyToStartContainers", True)
                 return True
             except ContainerConfigError as error:
                 for run in self.init_runs + self.runs:
-                    run.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(error)}}
+                    run.state = {
+                        "waiting": {"reason": "CreateContainerConfigError", "message": str(error)}
+                    }
                 self.publish()
                 self._sleep(2.0)
         return False
@@ -273,11 +318,11 @@ class PodWorker(threading.Thread):
     def _run_init(self) -> bool:
         """Runs init containers one at a time; False if the pod failed or is being deleted."""
         for run in self.init_runs:
-            while not self.deleting:
+            while not self.deleting():
                 self._start(run)
-                while not self.deleting and not run.poll():
+                while not self.deleting() and not run.poll():
                     self._sleep(0.2)
-                if self.deleting:
+                if self.deleting():
                     return False
                 if run.exit_code() == 0:
                     run.done = True
@@ -288,16 +333,17 @@ class PodWorker(threading.Thread):
                     return False
                 run.schedule_restart()
                 self.publish()
-                self._sleep(max(0.0, (run.restart_at or 0) - time.monotonic()))
+                while not self.deleting() and time.monotonic() < (run.restart_at or 0):
+                    self._sleep((run.restart_at or 0) - time.monotonic())
         self._condition("Initialized", True)
-        return not self.deleting
+        return not self.deleting()
 
     def _run_main(self) -> None:
         for run in self.runs:
             self._start(run)
         self.phase = "Running"
         self.publish()
-        while not self.deleting:
+        while not self.deleting():
             self._tick()
             if all(run.done for run in self.runs):
                 failed = any(run.exit_code() != 0 for run in self.runs)
@@ -323,7 +369,7 @@ class PodWorker(threading.Thread):
 
     def _await_deletion(self) -> None:
         """Waits for the pod's deletion, stops its processes and removes the object."""
-        while not self.deleting:
+        while not self.deleting():
             self._sleep(5.0)
         grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
         self.kill_all(grace=float(30 if grace is None else grace))
@@ -333,8 +379,12 @@ class PodWorker(threading.Thread):
             codes = [run.exit_code() for run in self.runs]
             self.phase = "Succeeded" if codes and all(code == 0 for code in codes) else "Failed"
         self.publish()
-        options = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-                   "preconditions": {"uid": self.uid}}
+        options = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": self.uid},
+        }
         try:
             self.kubelet.api.delete(self._path(), options)
         except ApiError as error:
@@ -351,9 +401,12 @@ class PodWorker(threading.Thread):
     # -- helpers -------------------------------------------------------------------------------
     def _start(self, run: ContainerRun) -> None:
         env = self.environments[run.name]
-        argv = resolve_argv(run.spec, env, self.kubelet.rules)
         working = Path(run.spec.get("workingDir") or self.directory / "home")
-        run.start(argv, env, working if working.is_dir() else self.directory / "home")
+        try:
+            argv = resolve_argv(run.spec, env, self.kubelet.rules)
+            run.start(argv, env, working if working.is_dir() else self.directory / "home")
+        except (ContainerConfigError, OSError) as error:
+            run.fail_start(str(error))
 
     def _restart_policy(self) -> str:
         return str(self.pod["spec"].get("restartPolicy", "Always"))
@@ -380,7 +433,7 @@ class PodWorker(threading.Thread):
         tmp.mkdir(parents=True, exist_ok=True)
         kube = self.kubelet
         env = {
-            "PATH": f"{venv_bin()}:{kube.bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PATH": f"{venv_bin()}:{kube.bin_dir}:{SYSTEM_PATH}",
             "HOME": str(home),
             "TMPDIR": str(tmp),
             "HOSTNAME": self.pod["spec"].get("hostname") or self.pod_name,
@@ -400,29 +453,44 @@ class PodWorker(threading.Thread):
         account = spec.get("serviceAccountName") or "default"
         automount = spec.get("automountServiceAccountToken")
         if automount is None:
-            sa = self.kubelet.api.get(f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{account}")
+            sa = self.kubelet.api.get(
+                f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{account}"
+            )
             automount = sa.get("automountServiceAccountToken", True)
         if not automount:
             return None
+        kubeconfig = self.directory / "kubeconfig"
+        if kubeconfig.exists():  # a retry after a config error: the token is still good
+            return kubeconfig
         request = {
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenRequest",
             "spec": {
                 "expirationSeconds": 86400,
-                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.pod_name, "uid": self.uid},
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": self.pod_name,
+                    "uid": self.uid,
+                },
             },
         }
         path = f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{account}/token"
         token = self.kubelet.api.create(path, request)["status"]["token"]
         config = pki.kubeconfig(self.kubelet.server, self.kubelet.ca, {"token": token})
-        return pki.write_private(self.directory / "kubeconfig", config)
+        return pki.write_private(kubeconfig, config)
 
     def _condition(self, kind: str, value: bool, reason: str = "") -> None:
         status = "True" if value else "False"
         current = self.conditions.get(kind)
         if current is not None and current["status"] == status:
             return
-        condition: JSON = {"type": kind, "status": status, "lastProbeTime": None, "lastTransitionTime": now()}
+        condition: JSON = {
+            "type": kind,
+            "status": status,
+            "lastProbeTime": None,
+            "lastTransitionTime": now(),
+        }
         if reason:
             condition["reason"] = reason
         self.conditions[kind] = condition
@@ -432,7 +500,11 @@ class PodWorker(threading.Thread):
         if self.gone:
             return
         all_running = all(run.running for run in self.runs)
-        reason = "PodCompleted" if self.phase in TERMINAL else ("" if all_running else "ContainersNotReady")
+        reason = (
+            "PodCompleted"
+            if self.phase in TERMINAL
+            else ("" if all_running else "ContainersNotReady")
+        )
         self._condition("ContainersReady", all_running, reason)
         self._condition("Ready", all_running, reason)
         if self.phase in TERMINAL:
@@ -452,12 +524,17 @@ class PodWorker(threading.Thread):
         if status == self.published:
             return
         try:
-            self.kubelet.api.patch(f"{self._path()}/status", {"metadata": {"uid": self.uid}, "status": status},
-                                   strategic=True)
+            self.kubelet.api.patch(
+                f"{self._path()}/status",
+                {"metadata": {"uid": self.uid}, "status": status},
+                strategic=True,
+            )
             self.published = status
         except ApiError as error:
             if error.status not in (404, 409):
-                log.warning("pod %s/%s: status patch failed: %s", self.namespace, self.pod_name, error)
+                log.warning(
+                    "pod %s/%s: status patch failed: %s", self.namespace, self.pod_name, error
+                )
 
     def log_target(self, container: str, previous: bool) -> tuple[Path, Any] | None:
         for run in self.init_runs + self.runs:
@@ -465,14 +542,16 @@ class PodWorker(threading.Thread):
                 restarts = run.restarts - 1 if previous else run.restarts
                 if restarts < 0:
                     return None
-                return run.log_file(restarts), (lambda: run.running and not previous)
+                return run.log_file(restarts), _still_running(run, previous)
         return None
 
 
 class Kubelet:
     """Registers the node, binds pods to it and runs a PodWorker per bound pod."""
 
-    def __init__(self, kubeconfig: Path, port: int, pki_dir: Path, bin_dir: Path, rules: list[ImageRule]) -> None:
+    def __init__(
+        self, kubeconfig: Path, port: int, pki_dir: Path, bin_dir: Path, rules: list[ImageRule]
+    ) -> None:
         self.api = Api.from_kubeconfig(kubeconfig)
         config = json.loads(kubeconfig.read_text())
         self.server: str = config["clusters"][0]["cluster"]["server"]
@@ -488,7 +567,13 @@ class Kubelet:
 
     def run(self) -> None:
         self.register()
-        logserver.serve(self.port, self.pki_dir / "kubelet.crt", self.pki_dir / "kubelet.key", self.ca, self._log_target)
+        logserver.serve(
+            self.port,
+            self.pki_dir / "kubelet.crt",
+            self.pki_dir / "kubelet.key",
+            self.ca,
+            self._log_target,
+        )
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
         try:
             self._reflect()
@@ -500,10 +585,20 @@ class Kubelet:
 
     # -- node ----------------------------------------------------------------------------------
     def register(self) -> None:
-        labels = {"kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}
+        labels = {
+            "kubernetes.io/hostname": self.node,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+        }
         try:
-            self.api.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node",
-                                              "metadata": {"name": self.node, "labels": labels}})
+            self.api.create(
+                "/api/v1/nodes",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": self.node, "labels": labels},
+                },
+            )
         except ApiError as error:
             if error.status != 409:
                 raise
@@ -512,7 +607,11 @@ class Kubelet:
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
             "metadata": {"name": self.node},
-            "spec": {"holderIdentity": self.node, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": now_micro()},
+            "spec": {
+                "holderIdentity": self.node,
+                "leaseDurationSeconds": LEASE_SECONDS,
+                "renewTime": now_micro(),
+            },
         }
         try:
             self.api.create("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", lease)
@@ -523,30 +622,60 @@ class Kubelet:
 
     def _node_status(self) -> None:
         memory_kib = next(
-            line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+            line.split()[1]
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
         )
-        capacity = {"cpu": str(os.cpu_count() or 1), "memory": f"{memory_kib}Ki", "pods": "110",
-                    "ephemeral-storage": "100Gi"}
+        capacity = {
+            "cpu": str(os.cpu_count() or 1),
+            "memory": f"{memory_kib}Ki",
+            "pods": "110",
+            "ephemeral-storage": "100Gi",
+        }
         stamp = now()
         conditions = [
-            {"type": kind, "status": "False", "reason": f"KubeletHas{reason}", "lastHeartbeatTime": stamp,
-             "lastTransitionTime": stamp}
-            for kind, reason in (("MemoryPressure", "SufficientMemory"), ("DiskPressure", "NoDiskPressure"),
-                                 ("PIDPressure", "SufficientPID"))
+            {
+                "type": kind,
+                "status": "False",
+                "reason": f"KubeletHas{reason}",
+                "lastHeartbeatTime": stamp,
+                "lastTransitionTime": stamp,
+            }
+            for kind, reason in (
+                ("MemoryPressure", "SufficientMemory"),
+                ("DiskPressure", "NoDiskPressure"),
+                ("PIDPressure", "SufficientPID"),
+            )
         ]
-        conditions.append({"type": "Ready", "status": "True", "reason": "KubeletReady",
-                           "message": "metatide test kubelet is posting ready status",
-                           "lastHeartbeatTime": stamp, "lastTransitionTime": stamp})
+        conditions.append(
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "KubeletReady",
+                "message": "metatide test kubelet is posting ready status",
+                "lastHeartbeatTime": stamp,
+                "lastTransitionTime": stamp,
+            }
+        )
         status = {
             "capacity": capacity,
             "allocatable": capacity,
             "conditions": conditions,
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": self.node}],
+            "addresses": [
+                {"type": "InternalIP", "address": "127.0.0.1"},
+                {"type": "Hostname", "address": self.node},
+            ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": self.port}},
             "nodeInfo": {
-                "machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": os.uname().release,
-                "osImage": "metatide localkube", "containerRuntimeVersion": "localkube://1",
-                "kubeletVersion": KUBERNETES_VERSION, "kubeProxyVersion": "", "operatingSystem": "linux",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+                "kernelVersion": os.uname().release,
+                "osImage": "metatide localkube",
+                "containerRuntimeVersion": "localkube://1",
+                "kubeletVersion": KUBERNETES_VERSION,
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
                 "architecture": "amd64",
             },
         }
@@ -559,8 +688,10 @@ class Kubelet:
             time.sleep(10)
             beats += 1
             try:
-                self.api.patch(f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.node}",
-                               {"spec": {"renewTime": now_micro()}})
+                self.api.patch(
+                    f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.node}",
+                    {"spec": {"renewTime": now_micro()}},
+                )
                 if beats % 3 == 0:
                     self._node_status()
             except (ApiError, OSError, http.client.HTTPException) as error:
@@ -577,7 +708,9 @@ class Kubelet:
                     self._forget(uid)
                 for pod in listing["items"]:
                     self._handle("ADDED", pod)
-                for kind, pod in self.api.watch("/api/v1/pods", listing["metadata"]["resourceVersion"]):
+                for kind, pod in self.api.watch(
+                    "/api/v1/pods", listing["metadata"]["resourceVersion"]
+                ):
                     if kind != "BOOKMARK":
                         self._handle(kind, pod)
             except ApiError as error:
@@ -619,22 +752,33 @@ class Kubelet:
         if pod["spec"].get("schedulerName", "default-scheduler") != "default-scheduler":
             return
         meta = pod["metadata"]
-        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": meta["name"], "uid": meta["uid"]},
-                   "target": {"apiVersion": "v1", "kind": "Node", "name": self.node}}
+        binding = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": meta["name"], "uid": meta["uid"]},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": self.node},
+        }
         try:
-            self.api.create(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/binding", binding)
+            self.api.create(
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/binding", binding
+            )
         except ApiError as error:
             if error.status not in (404, 409):
                 log.warning("binding %s/%s failed: %s", meta["namespace"], meta["name"], error)
 
-    def _log_target(self, namespace: str, name: str, container: str, previous: bool) -> tuple[Path, Any] | None:
+    def _log_target(
+        self, namespace: str, name: str, container: str, previous: bool
+    ) -> tuple[Path, Any] | None:
         with self.lock:
-            worker = next((w for w in self.workers.values() if (w.namespace, w.pod_name) == (namespace, name)), None)
+            worker = next(
+                (
+                    w
+                    for w in self.workers.values()
+                    if (w.namespace, w.pod_name) == (namespace, name)
+                ),
+                None,
+            )
         return None if worker is None else worker.log_target(container, previous)
-
-
-def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
-    raise Shutdown(signal.Signals(signum).name)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -643,12 +787,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kubeconfig", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--pki", type=Path, required=True)
-    parser.add_argument("--bin", type=Path, required=True, help="kubectl and helm, put on every pod's PATH")
+    parser.add_argument(
+        "--bin", type=Path, required=True, help="kubectl and helm, put on every pod's PATH"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(threadName)s] %(message)s")
-    signal.signal(signal.SIGTERM, _raise_shutdown)
-    signal.signal(signal.SIGINT, _raise_shutdown)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s [%(threadName)s] %(message)s"
+    )
+    # SIGTERM (from `down`) interrupts the main thread like Ctrl-C, so the reflector unwinds
+    # at once and run() kills every pod's processes on its way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         Kubelet(args.kubeconfig, args.port, args.pki, args.bin, load_rules()).run()
-    except Shutdown as reason:
-        log.info("stopping on %s", reason)
+    except KeyboardInterrupt:
+        log.info("stopping")

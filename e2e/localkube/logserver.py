@@ -1,4 +1,4 @@
-"""The test kubelet's HTTPS endpoint for ``kubectl logs`` (``/containerLogs/{ns}/{pod}/{container}``).
+"""The test kubelet's HTTPS endpoint for ``kubectl logs`` (``/containerLogs/{ns}/{pod}/{c}``).
 
 The API server serves pod logs by calling the kubelet of the pod's node, with its own client
 certificate; this is the one kubelet endpoint worth having, because a failed Job is debugged
@@ -24,10 +24,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"  # the body ends when the connection closes: simple streaming
     server: _LogServer
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: object) -> None:
         """Quiet: the API server polls logs and the kubelet log should stay readable."""
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         parts = url.path.strip("/").split("/")
         if parts == ["healthz"]:
@@ -39,7 +39,10 @@ class _Handler(BaseHTTPRequestHandler):
         query = urllib.parse.parse_qs(url.query)
         found = self.server.source(parts[1], parts[2], parts[3], query.get("previous") == ["true"])
         if found is None:
-            self._reply(404, f"container {parts[3]!r} of pod {parts[1]}/{parts[2]} is unknown here\n".encode())
+            self._reply(
+                404,
+                f"container {parts[3]!r} of pod {parts[1]}/{parts[2]} is unknown here\n".encode(),
+            )
             return
         path, running = found
         self.send_response(200)
@@ -48,7 +51,11 @@ class _Handler(BaseHTTPRequestHandler):
         data = _read(path)
         if "tailLines" in query:
             lines = data.splitlines(keepends=True)
-            data = b"".join(lines[-int(query["tailLines"][0]) :]) if int(query["tailLines"][0]) else b""
+            data = (
+                b"".join(lines[-int(query["tailLines"][0]) :])
+                if int(query["tailLines"][0])
+                else b""
+            )
         if "limitBytes" in query:
             data = data[: int(query["limitBytes"][0])]
         self.wfile.write(data)

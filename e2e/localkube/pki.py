@@ -37,44 +37,52 @@ class Pki:
     controller_manager: Pair
     apiserver_kubelet_client: Pair
     kubelet: Pair
+    front_proxy_ca: Pair
+    front_proxy_client: Pair
     service_account_key: Path
     service_account_pub: Path
 
 
 def _openssl(*args: str, stdin: bytes | None = None) -> bytes:
-    done = subprocess.run(["openssl", *args], input=stdin, capture_output=True)
+    done = subprocess.run(["openssl", *args], check=False, input=stdin, capture_output=True)
     if done.returncode != 0:
         raise RuntimeError(f"openssl {args[0]} failed: {done.stderr.decode(errors='replace')}")
     return done.stdout
 
 
-def _ca(directory: Path) -> Pair:
-    pair = Pair(directory / "ca.crt", directory / "ca.key")
+NEW_EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+
+def _ca(directory: Path, name: str) -> Pair:
+    """A self-signed certificate authority ``<name>.crt`` / ``<name>.key``."""
+    pair = Pair(directory / f"{name}.crt", directory / f"{name}.key")
     _openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", str(pair.key), "-out", str(pair.cert), "-days", DAYS,
-        "-subj", "/CN=metatide-e2e-ca",
+        "req", "-x509", *NEW_EC_KEY, "-keyout", str(pair.key), "-out", str(pair.cert),
+        "-days", DAYS, "-subj", f"/CN=metatide-e2e-{name}",
         "-addext", "basicConstraints=critical,CA:TRUE",
         "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-    )
+    )  # fmt: skip
     return pair
 
 
-def _leaf(directory: Path, ca: Pair, name: str, subject: str, usage: str, sans: str = "") -> Pair:
-    """Issues a certificate signed by ``ca``; ``usage`` is serverAuth, clientAuth or both."""
+def _leaf(
+    directory: Path, ca: Pair, name: str, subject: str, *, usage: str, sans: str = ""
+) -> Pair:
+    """Issues a certificate signed by ``ca``; ``usage`` is serverAuth or clientAuth."""
     pair = Pair(directory / f"{name}.crt", directory / f"{name}.key")
-    extensions = ["-addext", f"extendedKeyUsage={usage}", "-addext", "keyUsage=critical,digitalSignature"]
+    extensions = ["-addext", f"extendedKeyUsage={usage}"]
+    extensions += ["-addext", "keyUsage=critical,digitalSignature"]
     if sans:
         extensions += ["-addext", f"subjectAltName={sans}"]
     request = _openssl(
-        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", str(pair.key), "-subj", subject, *extensions,
+        "req", "-new", *NEW_EC_KEY, "-keyout", str(pair.key), "-subj", subject, *extensions
     )
+    serial = str(int.from_bytes(os.urandom(8), "big"))
     _openssl(
-        "x509", "-req", "-CA", str(ca.cert), "-CAkey", str(ca.key), "-set_serial",
-        str(int.from_bytes(os.urandom(8), "big")), "-days", DAYS,
-        "-copy_extensions", "copyall", "-out", str(pair.cert), stdin=request,
-    )
+        "x509", "-req", "-CA", str(ca.cert), "-CAkey", str(ca.key), "-set_serial", serial,
+        "-days", DAYS, "-copy_extensions", "copyall", "-out", str(pair.cert),
+        stdin=request,
+    )  # fmt: skip
     return pair
 
 
@@ -82,39 +90,63 @@ def make_pki(directory: Path) -> Pki:
     """Creates a fresh CA and every certificate and key below ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
-    ca = _ca(directory)
-    apiserver_sans = ",".join(
-        ["IP:127.0.0.1", "IP:10.96.0.1", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
-         "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local"]
+    ca = _ca(directory, "ca")
+    front_proxy_ca = _ca(directory, "front-proxy-ca")
+    names = (
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    )
+    apiserver_sans = "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost," + ",".join(
+        f"DNS:{name}" for name in names
     )
     sa_key = directory / "sa.key"
     sa_pub = directory / "sa.pub"
-    _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(sa_key))
+    _openssl(
+        "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(sa_key)
+    )
     _openssl("pkey", "-in", str(sa_key), "-pubout", "-out", str(sa_pub))
+
+    def client(name: str, subject: str) -> Pair:
+        return _leaf(directory, ca, name, subject, usage="clientAuth")
+
+    def server(name: str, subject: str, sans: str) -> Pair:
+        return _leaf(directory, ca, name, subject, usage="serverAuth", sans=sans)
+
     return Pki(
         ca=ca,
-        apiserver=_leaf(directory, ca, "apiserver", "/CN=kube-apiserver", "serverAuth", apiserver_sans),
-        admin=_leaf(directory, ca, "admin", "/O=system:masters/CN=metatide-e2e-admin", "clientAuth"),
-        controller_manager=_leaf(
-            directory, ca, "controller-manager", "/CN=system:kube-controller-manager", "clientAuth"
+        apiserver=server("apiserver", "/CN=kube-apiserver", apiserver_sans),
+        admin=client("admin", "/O=system:masters/CN=metatide-e2e-admin"),
+        controller_manager=client("controller-manager", "/CN=system:kube-controller-manager"),
+        apiserver_kubelet_client=client(
+            "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client"
         ),
-        apiserver_kubelet_client=_leaf(
-            directory, ca, "apiserver-kubelet-client",
-            "/O=system:masters/CN=kube-apiserver-kubelet-client", "clientAuth",
+        kubelet=server("kubelet", "/CN=metatide-e2e-kubelet", "IP:127.0.0.1"),
+        front_proxy_ca=front_proxy_ca,
+        front_proxy_client=_leaf(
+            directory,
+            front_proxy_ca,
+            "front-proxy-client",
+            "/CN=front-proxy-client",
+            usage="clientAuth",
         ),
-        kubelet=_leaf(directory, ca, "kubelet", "/CN=metatide-e2e-kubelet", "serverAuth", "IP:127.0.0.1"),
         service_account_key=sa_key,
         service_account_pub=sa_pub,
     )
 
 
-def kubeconfig(server: str, ca: Path, user: dict[str, str], name: str = "metatide-e2e") -> dict[str, Any]:
+def kubeconfig(
+    server: str, ca: Path, user: dict[str, str], name: str = "metatide-e2e"
+) -> dict[str, Any]:
     """A one-context kubeconfig; ``user`` is e.g. {"client-certificate": ..., "client-key": ...}."""
     ca_data = base64.b64encode(ca.read_bytes()).decode()
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": name, "cluster": {"server": server, "certificate-authority-data": ca_data}}],
+        "clusters": [
+            {"name": name, "cluster": {"server": server, "certificate-authority-data": ca_data}}
+        ],
         "users": [{"name": name, "user": user}],
         "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
         "current-context": name,

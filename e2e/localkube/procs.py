@@ -8,6 +8,7 @@ kubelet never signal anything they did not start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -66,8 +67,13 @@ def spawn(
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env=env, cwd=cwd, start_new_session=True,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
         )
     started = start_time_of(process.pid)
     return process, Owned(name, process.pid, started if started is not None else -1, argv)
@@ -84,33 +90,36 @@ def _signal_group(owned: Owned, signum: int) -> None:
         pass
 
 
-def _reap(pid: int) -> None:
-    """Collects the exit status if the process is our child, so it does not linger as a zombie."""
-    try:
+def _reap(pid: int, process: subprocess.Popen[bytes] | None) -> None:
+    """Collects the exit status of our child, so it does not linger as a zombie.
+
+    Through its Popen object when there is one: reaping behind Popen's back would make it
+    report exit code 0 for a killed process.
+    """
+    if process is not None:
+        process.poll()
+        return
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
-def stop(owned: Owned, grace: float = 10.0) -> None:
+def stop(owned: Owned, grace: float = 10.0, process: subprocess.Popen[bytes] | None = None) -> None:
     """SIGTERM to the process group, then SIGKILL after ``grace`` seconds; a no-op if gone."""
     if not owned.alive():
         return
     _signal_group(owned, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        _reap(owned.pid)
+        _reap(owned.pid, process)
         if not owned.alive():
             break
         time.sleep(0.1)
     else:
         _signal_group(owned, signal.SIGKILL)
     # Children that ignored SIGTERM must not outlive their leader.
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(owned.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    _reap(owned.pid)
+    _reap(owned.pid, process)
 
 
 def tail(path: Path, lines: int = 40) -> str:

@@ -10,11 +10,12 @@ directory, which is how it stops exactly the processes that ``up`` started.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 KUBERNETES_VERSION = "v1.36.3"
-"""k8s.io/kubernetes release; e2e/kubebuild/go.mod pins the same one (``cluster gomod`` rewrites it)."""
+"""k8s.io/kubernetes release; e2e/kubebuild/go.mod pins the same (``cluster gomod`` rewrites it)."""
 
 HELM_VERSION = "v3.22.0"
 """helm.sh/helm/v3 release, built with ``go install`` (its go.mod has no replace directives)."""
@@ -25,7 +26,11 @@ NODE_NAME = "metatide-e2e"
 E2E_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = E2E_DIR.parent
 KUBEBUILD_DIR = E2E_DIR / "kubebuild"
-GO = os.environ.get("GO", "/usr/local/go/bin/go")
+_IMAGE_GO = "/usr/local/go/bin/go"
+GO = os.environ.get("GO") or (
+    _IMAGE_GO if os.path.exists(_IMAGE_GO) else shutil.which("go") or "go"
+)
+"""The go command (1.26 or newer): $GO, else the machine image's, else the one on PATH."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ JSON = dict[str, Any]
 T = TypeVar("T")
 
 
-class WaitTimeout(AssertionError):
+class WaitTimeoutError(AssertionError):
     """A wait ran out of time; the message says what was awaited and what was seen last."""
 
 
@@ -39,25 +39,45 @@ class Cluster:
 
     @classmethod
     def connect(cls, layout: Layout) -> Cluster:
-        return cls(layout.admin_kubeconfig, layout.kubectl, layout.helm, Api.from_kubeconfig(layout.admin_kubeconfig))
+        return cls(
+            layout.admin_kubeconfig,
+            layout.kubectl,
+            layout.helm,
+            Api.from_kubeconfig(layout.admin_kubeconfig),
+        )
 
     @property
     def env(self) -> dict[str, str]:
         """An environment for subprocesses (kubectl, helm, kopf) that targets this cluster."""
         return os.environ | {"KUBECONFIG": str(self.kubeconfig)}
 
-    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120) -> str:
-        """Runs the built kubectl; returns stdout, raises with stderr when ``check`` and it fails."""
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120
+    ) -> str:
+        """Runs the built kubectl; returns stdout; raises with stderr if ``check`` and it fails."""
         done = subprocess.run(
-            [str(self.kubectl_bin), *args], input=stdin, capture_output=True, text=True, env=self.env, timeout=timeout
+            [str(self.kubectl_bin), *args],
+            check=False,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
         )
         if check and done.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
+            raise AssertionError(
+                f"kubectl {' '.join(args)} exited {done.returncode}:\n{done.stderr}"
+            )
         return done.stdout
 
     def apply(self, *documents: JSON) -> None:
         """``kubectl apply`` of the given objects (server-side validation and defaulting apply)."""
-        self.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(documents)}))
+        self.kubectl(
+            "apply",
+            "-f",
+            "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(documents)}),
+        )
 
     def get(self, path: str) -> JSON | None:
         """An object by API path, or None when it does not exist."""
@@ -76,9 +96,15 @@ class Cluster:
     def create_namespace(self, prefix: str = "e2e") -> str:
         """A fresh namespace whose default ServiceAccount exists (so pods are admitted)."""
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        self.api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-        wait_for(f"ServiceAccount default in {name}",
-                 lambda: self.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"), timeout=60)
+        self.api.create(
+            "/api/v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+        )
+        wait_for(
+            f"ServiceAccount default in {name}",
+            lambda: self.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+            timeout=60,
+        )
         return name
 
     def delete_namespace(self, name: str) -> None:
@@ -94,21 +120,37 @@ class Cluster:
         def finished() -> JSON | None:
             job = self.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}")
             conditions = ((job or {}).get("status") or {}).get("conditions") or []
-            done = any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in conditions)
+            done = any(
+                c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in conditions
+            )
             return job if done else None
 
-        return wait_for(f"Job {namespace}/{name} to finish", finished, timeout,
-                        describe=lambda: self.kubectl("get", "job,pods", "-n", namespace, "-o", "wide", check=False))
+        return wait_for(
+            f"Job {namespace}/{name} to finish",
+            finished,
+            timeout,
+            describe=lambda: self.kubectl(
+                "get", "job,pods", "-n", namespace, "-o", "wide", check=False
+            ),
+        )
 
-    def wait_for_pod(self, namespace: str, name: str, phases: tuple[str, ...], timeout: float = 60) -> JSON:
+    def wait_for_pod(
+        self, namespace: str, name: str, phases: tuple[str, ...], timeout: float = 60
+    ) -> JSON:
         """Waits until the pod is in one of ``phases`` and returns it."""
 
         def reached() -> JSON | None:
             pod = self.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
             return pod if pod and (pod.get("status") or {}).get("phase") in phases else None
 
-        return wait_for(f"pod {namespace}/{name} to be {'/'.join(phases)}", reached, timeout,
-                        describe=lambda: json.dumps(self.get(f"/api/v1/namespaces/{namespace}/pods/{name}"), indent=1))
+        return wait_for(
+            f"pod {namespace}/{name} to be {'/'.join(phases)}",
+            reached,
+            timeout,
+            describe=lambda: json.dumps(
+                self.get(f"/api/v1/namespaces/{namespace}/pods/{name}"), indent=1
+            ),
+        )
 
 
 def wait_for(
@@ -126,5 +168,5 @@ def wait_for(
             return value
         if time.monotonic() > deadline:
             seen = describe() if describe else ""
-            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}\n{seen}")
+            raise WaitTimeoutError(f"timed out after {timeout:.0f}s waiting for {what}\n{seen}")
         time.sleep(interval)

@@ -10,36 +10,30 @@ manifest committed and only repeats the steps after the swap.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from metatide.extractor import duck
-from metatide.extractor.diff import EntityDiff, column_reasons, entity_diff, scope_reasons
+from metatide.extractor.build import Built, RunInputs, build_state
+from metatide.extractor.diff import EntityDiff
 from metatide.extractor.errors import IncompleteRunError, StateConflictError, StateCorruptError
 from metatide.extractor.gc import collect_garbage
 from metatide.extractor.guard import check_mass_delete
 from metatide.extractor.ids import ENTITIES, Entity, RunId
 from metatide.extractor.lease import release_lease
-from metatide.extractor.manifest import MANIFEST_KEY, FileRef, Manifest, parse_manifest
+from metatide.extractor.manifest import MANIFEST_KEY, Manifest, parse_manifest
 from metatide.extractor.marker import MARKER_KEY, format_marker
-from metatide.extractor.merge import BucketRows, new_columns, new_tables
 from metatide.extractor.progress import NoProgress, Progress
 from metatide.extractor.records import (
     DATABASE_SCHEMA,
-    KEY_COLUMNS,
     SCHEMA_SCHEMA,
-    SCHEMAS,
     TABLE_KEY_SCHEMA,
     table_to_keys,
 )
@@ -57,15 +51,8 @@ from metatide.extractor.runfiles import (
     read_table,
     summary_key,
 )
-from metatide.extractor.scope import Scope
 from metatide.extractor.spec import ExtractionSpec
-from metatide.extractor.state import (
-    describe,
-    encode_parquet,
-    fetch_verified,
-    state_key,
-    write_state_file,
-)
+from metatide.extractor.state import encode_parquet
 from metatide.extractor.storage import KeyNotFoundError, Store, StoredObject
 
 
@@ -75,18 +62,6 @@ class Parent:
 
     manifest: Manifest | None
     version: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class RunInputs:
-    """Plan outputs and batch results, checked for completeness."""
-
-    plan: PlanDocument
-    planned: pa.Table
-    deleted: pa.Table
-    fresh: pa.Table
-    databases: pa.Table
-    schemas: pa.Table
 
 
 async def finalize(
@@ -113,11 +88,9 @@ async def finalize(
         inputs.deleted.num_rows,
         spec.mass_delete_guard,
     )
-    connection = duck.connect(spec.duckdb)
-    try:
-        built = await _build(spec, store, workdir, run_id, parent, inputs, connection, progress)
-    finally:
-        connection.close()
+    progress.start("build state", total=None)
+    built = await build_state(spec, store, workdir, run_id, parent.manifest, inputs)
+    progress.finish("build state")
     durations = {"plan": plan.duration_seconds, **(extra_durations or {})}
     durations["finalize"] = time.monotonic() - started
     summary = _summary(plan, inputs, built, durations)
@@ -245,201 +218,6 @@ def _drop_vanished(
         }
     ).cast(DELETED_TABLE_SCHEMA)
     return planned.filter(keep), pa.concat_tables([deleted, extra])
-
-
-@dataclass(frozen=True, slots=True)
-class Built:
-    """The new manifest and the diff of this run."""
-
-    manifest: Manifest
-    diffs: dict[Entity, EntityDiff]
-    fresh_columns: int
-    bytes_written: int
-
-
-async def _build(
-    spec: ExtractionSpec,
-    store: Store,
-    workdir: Path,
-    run_id: RunId,
-    parent: Parent,
-    inputs: RunInputs,
-    connection: duckdb.DuckDBPyConnection,
-    progress: Progress,
-) -> Built:
-    plan = inputs.plan
-    previous = parent.manifest
-    same_buckets = previous is not None and previous.bucket_count == plan.bucket_count
-    touched = _touched_buckets(inputs, plan.bucket_count, same_buckets)
-    previous_refs = {
-        entity: _previous_refs(previous, entity, touched if same_buckets else None)
-        for entity in ENTITIES
-    }
-    paths = {
-        entity: await fetch_verified(store, previous_refs[entity], workdir) for entity in ENTITIES
-    }
-    _register(connection, inputs, touched, paths)
-    progress.start("build state", total=None)
-    tables, columns, diffs = await asyncio.to_thread(_compute, connection, spec, inputs)
-    files, written = await _write_state(
-        store, run_id, previous, touched, same_buckets, tables, columns
-    )
-    small: tuple[tuple[Entity, pa.Table], ...] = (
-        ("database", inputs.databases),
-        ("schema", inputs.schemas),
-    )
-    for entity, listing in small:
-        ref, size = await _write_small(store, entity, run_id, listing, previous)
-        files[entity] = [ref]
-        written += size
-    progress.finish("build state")
-    manifest = Manifest(
-        run_id=run_id,
-        parent_run_id=previous.run_id if previous else None,
-        marker=plan.next_marker,
-        committed_at=datetime.now(UTC),
-        bucket_count=plan.bucket_count,
-        files=files,
-    ).sealed()
-    fresh_columns = int(pc.sum(pc.equal(inputs.fresh.column("row_kind"), "column")).as_py() or 0)
-    return Built(manifest, diffs, fresh_columns, written)
-
-
-def _touched_buckets(inputs: RunInputs, bucket_count: int, same_buckets: bool) -> list[int]:
-    if not same_buckets:
-        return list(range(bucket_count))
-    changed = inputs.planned.filter(inputs.planned.column("needs_columns")).column("bucket")
-    deleted = inputs.deleted.column("bucket")
-    return sorted(set(changed.to_pylist()) | set(deleted.to_pylist()))
-
-
-def _previous_refs(
-    previous: Manifest | None, entity: Entity, touched: list[int] | None
-) -> list[FileRef]:
-    if previous is None:
-        return []
-    refs = previous.files[entity]
-    if touched is None or entity not in ("table", "column"):
-        return refs
-    wanted = set(touched)
-    return [ref for ref in refs if ref.bucket in wanted]
-
-
-def _register(
-    connection: duckdb.DuckDBPyConnection,
-    inputs: RunInputs,
-    touched: list[int],
-    paths: dict[Entity, list[Path]],
-) -> None:
-    connection.register("planned", inputs.planned)
-    connection.register("fresh", inputs.fresh)
-    connection.register("touched", pa.table({"bucket": pa.array(touched, pa.int32())}))
-    connection.register("new_databases", inputs.databases)
-    connection.register("new_schemas", inputs.schemas)
-    previous_views: tuple[tuple[Entity, str], ...] = (
-        ("database", "previous_databases"),
-        ("schema", "previous_schemas"),
-        ("table", "previous_tables"),
-        ("column", "previous_columns"),
-    )
-    for entity, name in previous_views:
-        duck.register_files(connection, name, paths[entity], SCHEMAS[entity].empty_table())
-
-
-def _compute(
-    connection: duckdb.DuckDBPyConnection, spec: ExtractionSpec, inputs: RunInputs
-) -> tuple[BucketRows, BucketRows, dict[Entity, EntityDiff]]:
-    tables = new_tables(connection)
-    columns = new_columns(connection)
-    connection.register("new_tables", tables.rows.drop_columns(["bucket"]))
-    connection.register("new_columns", columns.rows.drop_columns(["bucket"]))
-    scope = Scope(spec.source.scope)
-    table_reasons: dict[tuple[str, ...], str] = {
-        tuple(key): reason
-        for *key, reason in zip(
-            *(inputs.deleted.column(name).to_pylist() for name in KEY_COLUMNS["table"]),
-            inputs.deleted.column("reason").to_pylist(),
-            strict=True,
-        )
-    }
-    diffs: dict[Entity, EntityDiff] = {}
-    listed: tuple[tuple[Entity, str, str], ...] = (
-        ("database", "new_databases", "previous_databases"),
-        ("schema", "new_schemas", "previous_schemas"),
-    )
-    for entity, new, previous in listed:
-        gone = connection.execute(
-            f"SELECT {', '.join(KEY_COLUMNS[entity])} FROM {previous} "
-            f"ANTI JOIN {new} USING ({', '.join(KEY_COLUMNS[entity])})"
-        ).fetchall()
-        reasons = scope_reasons(entity, [tuple(key) for key in gone], scope)
-        diffs[entity] = entity_diff(connection, entity, new, previous, reasons, "dropped")
-    diffs["table"] = entity_diff(
-        connection, "table", "new_tables", "previous_tables", table_reasons, "dropped"
-    )
-    column_diff = entity_diff(
-        connection, "column", "new_columns", "previous_columns", {}, "dropped"
-    )
-    diffs["column"] = EntityDiff(
-        changed=column_diff.changed, deleted=column_reasons(table_reasons, column_diff.deleted)
-    )
-    return tables, columns, diffs
-
-
-async def _write_state(
-    store: Store,
-    run_id: RunId,
-    previous: Manifest | None,
-    touched: list[int],
-    same_buckets: bool,
-    tables: BucketRows,
-    columns: BucketRows,
-) -> tuple[dict[Entity, list[FileRef]], int]:
-    """Write touched buckets; keep the previous files of the others."""
-    files: dict[Entity, list[FileRef]] = {}
-    written = 0
-    rewritten = set(touched)
-    bucketed: tuple[tuple[Entity, BucketRows], ...] = (("table", tables), ("column", columns))
-    for entity, rows in bucketed:
-        kept = (
-            [ref for ref in previous.files[entity] if ref.bucket not in rewritten]
-            if previous is not None and same_buckets
-            else []
-        )
-        new = await _write_buckets(store, entity, run_id, rows)
-        written += sum(ref.bytes for ref in new)
-        files[entity] = sorted(kept + new, key=lambda ref: ref.bucket or 0)
-    return files, written
-
-
-async def _write_buckets(
-    store: Store, entity: Entity, run_id: RunId, rows: BucketRows
-) -> list[FileRef]:
-    parts = rows.split()
-    encoded = await asyncio.to_thread(
-        lambda: [(bucket, encode_parquet(part), part.num_rows) for bucket, part in parts]
-    )
-    semaphore = asyncio.Semaphore(16)
-
-    async def put(bucket: int, data: bytes, count: int) -> FileRef:
-        ref = describe(state_key(entity, run_id, bucket), data, count, bucket)
-        async with semaphore:
-            await store.put(ref.key, data)
-        return ref
-
-    return list(await asyncio.gather(*(put(*item) for item in encoded)))
-
-
-async def _write_small(
-    store: Store, entity: Entity, run_id: RunId, listing: pa.Table, previous: Manifest | None
-) -> tuple[FileRef, int]:
-    """Databases and schemas are one file each, rewritten only when their content changed."""
-    data = encode_parquet(listing.cast(SCHEMAS[entity]))
-    if previous is not None:
-        for ref in previous.files[entity]:
-            if describe(ref.key, data, listing.num_rows).sha256 == ref.sha256:
-                return ref, 0
-    return await write_state_file(store, entity, run_id, listing), len(data)
 
 
 def _summary(

@@ -25,6 +25,7 @@ from metatide.extractor.classify import classify_tables, deleted_tables
 from metatide.extractor.errors import StateCorruptError
 from metatide.extractor.guard import check_mass_delete
 from metatide.extractor.ids import RunId, new_run_id
+from metatide.extractor.layers import load_previous, logical_rows
 from metatide.extractor.lease import acquire_lease, release_lease
 from metatide.extractor.marker import default_marker, effective_marker, truncate_to_seconds
 from metatide.extractor.progress import NoProgress, Progress
@@ -45,7 +46,6 @@ from metatide.extractor.state import (
     choose_bucket_count,
     fetch_verified,
     read_committed,
-    read_parquet_files,
 )
 from metatide.extractor.storage import Store
 
@@ -125,11 +125,24 @@ async def _list_catalog(spec: ExtractionSpec, source: Source, progress: Progress
     return Listing(databases, schemas, tables)
 
 
-async def _previous_tables(store: Store, committed: Committed | None, workdir: Path) -> pa.Table:
+async def _previous_tables(
+    spec: ExtractionSpec, store: Store, committed: Committed | None, workdir: Path
+) -> pa.Table:
+    """The previous state's tables (base files resolved with their deltas)."""
     if committed is None:
         return TABLE_SCHEMA.empty_table()
-    paths = await fetch_verified(store, committed.manifest.files["table"], workdir)
-    return await asyncio.to_thread(read_parquet_files, paths, "table")
+    refs = committed.manifest.files["table"]
+    files = list(zip(refs, await fetch_verified(store, refs, workdir), strict=True))
+
+    def resolve() -> pa.Table:
+        connection = duck.connect(spec.duckdb)
+        try:
+            load_previous(connection, files)
+            return logical_rows(connection, "table")
+        finally:
+            connection.close()
+
+    return await asyncio.to_thread(resolve)
 
 
 async def _classify_and_write(
@@ -142,7 +155,7 @@ async def _classify_and_write(
     next_marker: datetime,
     started_at: datetime,
 ) -> PlanDocument:
-    previous = await _previous_tables(store, committed, workdir)
+    previous = await _previous_tables(spec, store, committed, workdir)
     manifest = committed.manifest if committed else None
     marker = (
         manifest.marker if manifest else default_marker(spec.marker.default, spec.marker.format)

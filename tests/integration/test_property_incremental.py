@@ -107,6 +107,8 @@ class IncrementalMachine(RuleBasedStateMachine):
         self.schemas: list[str] = ["public"]
         self.relations: list[tuple[str, str, str, list[str]]] = []
         self.previous: State = empty_state()
+        self.tables_per_bucket = 1
+        self.compaction_ratio = 0.2
         self.runs = 0
         STATS["examples"] += 1
 
@@ -155,12 +157,23 @@ class IncrementalMachine(RuleBasedStateMachine):
             },
             f"file://{self.folder}/store",
             columns={"batchSize": batch_size, "parallelism": 2},
-            state={"tablesPerBucket": 2},
+            state={"tablesPerBucket": self.tables_per_bucket,
+                   "compactionRatio": self.compaction_ratio},
             massDeleteGuard={"maxDeletedFraction": 1.0, "allowEmptySource": True},
         )
 
-    @initialize(count=st.integers(min_value=0, max_value=3), data=st.data())
-    def seed_tables(self, count: int, data: st.DataObject) -> None:
+    @initialize(
+        count=st.integers(min_value=0, max_value=3),
+        data=st.data(),
+        tables_per_bucket=st.sampled_from([1, 3, 1000]),
+        compaction_ratio=st.sampled_from([0.2, 1.0]),
+    )
+    def seed_tables(
+        self, count: int, data: st.DataObject, tables_per_bucket: int, compaction_ratio: float
+    ) -> None:
+        # Few tables per bucket exercise many buckets; many exercise deltas and compaction.
+        self.tables_per_bucket = tables_per_bucket
+        self.compaction_ratio = compaction_ratio
         for index in range(count):
             columns = data.draw(
                 st.lists(st.tuples(NAMES, TYPES), min_size=0, max_size=3, unique_by=lambda c: c[0])

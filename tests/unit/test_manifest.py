@@ -64,8 +64,8 @@ def test_sealed_manifest_round_trips() -> None:
     assert parsed.format_version == FORMAT_VERSION
     assert parsed.rows("table") == 7
     assert parsed.rows("column") == 16
-    assert sorted(parsed.buckets("column")) == [0, 1]
-    assert parsed.buckets("database") == {}
+    assert sorted(parsed.layer("column", "base")) == [0, 1]
+    assert parsed.layer("database", "base") == {}
     assert len(parsed.referenced_keys()) == 6
 
 
@@ -131,7 +131,7 @@ def test_a_flipped_byte_in_every_position_is_detected() -> None:
 
 @pytest.mark.parametrize(
     "damage",
-    [(b'"format_version"', b'"format_versiom"'), (b'"format_version": 1', b'"format_version": 0')],
+    [(b'"format_version"', b'"format_versiom"'), (b'"format_version": 2', b'"format_version": 0')],
 )
 def test_a_damaged_format_version_gives_the_recovery_advice(damage: tuple[bytes, bytes]) -> None:
     """A flipped byte in format_version is corruption like any other: same advice, same location."""
@@ -210,15 +210,18 @@ def test_frozen_v1_fixture_keeps_parsing() -> None:
         "table": 7,
         "column": 22,
     }
-    assert sorted(manifest.buckets("table")) == [0, 1]
-    assert manifest.buckets("column")[1].key == (
+    assert manifest.format_version == 2  # migrated on read
+    assert sorted(manifest.layer("table", "base")) == [0, 1]
+    assert manifest.layer("table", "delta") == {}
+    assert manifest.layer("column", "base")[1].key == (
         "current-state/column/b000001-20250102t030405z-0a1b2c3d.parquet"
     )
     assert len(manifest.referenced_keys()) == 6
 
 
-def test_frozen_v1_fixture_reseals_to_the_stored_hash() -> None:
-    """The content hash is computed the same way as when the fixture was written."""
-    stored = json.loads(FIXTURE.read_bytes())
+def test_frozen_v1_fixture_migrates_and_round_trips_as_the_current_format() -> None:
+    """A migrated v1 manifest is sealed anew as v2 and reads back equal."""
     manifest = parse_manifest(FIXTURE.read_bytes(), str(FIXTURE))
-    assert manifest.sealed().content_hash == stored["content_hash"]
+    resealed = manifest.sealed()
+    assert json.loads(FIXTURE.read_bytes())["content_hash"] != resealed.content_hash
+    assert parse_manifest(resealed.to_bytes(), "memory") == resealed

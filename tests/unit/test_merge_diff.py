@@ -14,9 +14,10 @@ import pytest
 from metatide.extractor.diff import column_reasons, empty_diff, entity_diff, scope_reasons
 from metatide.extractor.duck import connect
 from metatide.extractor.ids import ENTITIES, Entity
-from metatide.extractor.merge import BucketRows, new_columns, new_tables
-from metatide.extractor.records import COLUMN_SCHEMA, TABLE_SCHEMA, rows_to_table
-from metatide.extractor.runfiles import BATCH_SCHEMA, PLANNED_TABLE_SCHEMA
+from metatide.extractor.layers import DELTA_TABLE_SCHEMA, create_logical_views
+from metatide.extractor.merge import BucketRows, create_views, new_files
+from metatide.extractor.records import TABLE_SCHEMA, rows_to_table
+from metatide.extractor.runfiles import BATCH_SCHEMA, DELETED_TABLE_SCHEMA, PLANNED_TABLE_SCHEMA
 from metatide.extractor.scope import Scope
 from metatide.extractor.spec import DuckDBSpec, ScopeSpec
 
@@ -123,19 +124,41 @@ def fresh(columns: list[dict[str, Any]], present: list[str]) -> pa.Table:
     )
 
 
-def test_new_state_rows_of_touched_buckets(connection: duckdb.DuckDBPyConnection) -> None:
+def with_bucket(table: pa.Table, bucket: int) -> pa.Table:
+    return table.append_column("bucket", pa.array([bucket] * table.num_rows, pa.int32()))
+
+
+def test_compacted_buckets_get_a_base_and_other_touched_buckets_a_delta(
+    connection: duckdb.DuckDBPyConnection,
+) -> None:
     connection.register(
         "planned",
         planned(
             [
                 ("changed", "UPDATED", 0, True),
                 ("same", "NO CHANGE", 0, False),
-                ("elsewhere", "NO CHANGE", 1, False),
                 ("new", "CREATED", 2, True),
+                ("kept", "NO CHANGE", 2, False),
             ]
         ),
     )
-    connection.register("touched", pa.table({"bucket": pa.array([0, 2], pa.int32())}))
+    connection.register(
+        "deleted",
+        pa.Table.from_pylist(
+            [
+                {
+                    "database_name": "db",
+                    "schema_name": "s",
+                    "table_name": "gone",
+                    "reason": "dropped",
+                    "bucket": 2,
+                }
+            ],
+            schema=DELETED_TABLE_SCHEMA,
+        ),
+    )
+    connection.register("compacting", pa.table({"bucket": pa.array([0], pa.int32())}))
+    connection.register("delta_buckets", pa.table({"bucket": pa.array([2], pa.int32())}))
     connection.register(
         "fresh",
         fresh(
@@ -147,33 +170,45 @@ def test_new_state_rows_of_touched_buckets(connection: duckdb.DuckDBPyConnection
             ["changed", "new"],
         ),
     )
+    base_columns = rows_to_table(
+        "column",
+        [
+            column_row("changed", "id", 1, comment="old"),
+            column_row("changed", "removed", 2),
+            column_row("same", "a", 1),
+        ],
+    )
+    connection.register("prev_table_base", with_bucket(rows_to_table("table", []), 0))
     connection.register(
-        "previous_columns",
-        rows_to_table(
-            "column",
+        "prev_table_delta", with_bucket(pa.Table.from_pylist([], schema=DELTA_TABLE_SCHEMA), 2)
+    )
+    connection.register(
+        "prev_column_base",
+        pa.concat_tables(
             [
-                column_row("changed", "id", 1, comment="old"),
-                column_row("changed", "removed", 2),
-                column_row("same", "a", 1),
-                column_row("elsewhere", "b", 1),
-            ],
+                with_bucket(base_columns, 0),
+                with_bucket(rows_to_table("column", [column_row("kept", "k", 1)]), 2),
+            ]
         ),
     )
-    tables = new_tables(connection)
-    assert [(bucket, part.column("table_name").to_pylist()) for bucket, part in tables.split()] == [
-        (0, ["changed", "same"]),
-        (2, ["new"]),
-    ]
-    columns = new_columns(connection)
-    assert columns.rows.schema.names == [*COLUMN_SCHEMA.names, "bucket"]
-    split = {bucket: part.to_pylist() for bucket, part in columns.split()}
-    assert sorted(split) == [0, 2]
-    assert [(r["table_name"], r["column_name"], r["comment"]) for r in split[0]] == [
+    connection.register("prev_column_delta", with_bucket(rows_to_table("column", []), 2))
+    create_logical_views(connection)
+    create_views(connection)
+    files = new_files(connection)
+    base_tables = {b: p.column("table_name").to_pylist() for b, p in files.base_tables.split()}
+    assert base_tables == {0: ["changed", "same"]}
+    base_columns_by_bucket = {b: p.to_pylist() for b, p in files.base_columns.split()}
+    assert [
+        (r["table_name"], r["column_name"], r["comment"]) for r in base_columns_by_bucket[0]
+    ] == [
         ("changed", "id", None),
         ("changed", "added", None),
         ("same", "a", None),
     ]
-    assert [(r["table_name"], r["column_name"]) for r in split[2]] == [("new", "x")]
+    delta = {b: p.to_pylist() for b, p in files.delta_tables.split()}
+    assert [(r["table_name"], r["op"]) for r in delta[2]] == [("gone", "delete"), ("new", "upsert")]
+    delta_columns = {b: p.to_pylist() for b, p in files.delta_columns.split()}
+    assert [(r["table_name"], r["column_name"]) for r in delta_columns[2]] == [("new", "x")]
 
 
 # --- entity_diff ------------------------------------------------------------------------------

@@ -221,3 +221,28 @@ def test_jsonl_output(spec: ExtractionSpec, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert {row["column_name"] for row in rows} == {"id", "name"}
     assert {row["change"] for row in rows} == {"created"}
+
+
+def test_changes_go_to_a_delta_until_the_bucket_is_compacted(
+    spec: ExtractionSpec, database: Path, tmp_path: Path
+) -> None:
+    layered = with_fields(spec, state={"tablesPerBucket": 1000, "compactionRatio": 0.1})
+    execute(database, "".join(f"CREATE TABLE t{i} (x INT);" for i in range(40)))
+    check_run(layered, tmp_path, "full")
+    root = tmp_path / "store" / spec.connection_prefix / "current-state"
+
+    def layers() -> list[str]:
+        manifest = json.loads((root / "_manifest.json").read_text())
+        return sorted(ref["layer"] for ref in manifest["files"]["column"])
+
+    assert layers() == ["base"]
+    execute(database, "ALTER TABLE t7 ADD COLUMN y INT; DROP TABLE t8;")
+    first = check_run(layered, tmp_path, "delta1")
+    assert layers() == ["base", "delta"]
+    assert first["state_bytes_written"] > 0
+    execute(database, "ALTER TABLE t9 ADD COLUMN y INT; CREATE TABLE t8 (z TEXT);")
+    check_run(layered, tmp_path, "delta2")
+    assert layers() == ["base", "delta"]
+    execute(database, "".join(f"ALTER TABLE t{i} ADD COLUMN w INT;" for i in range(10, 16)))
+    check_run(layered, tmp_path, "compacted")
+    assert layers() == ["base"]

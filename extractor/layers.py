@@ -1,0 +1,149 @@
+"""The layered state in DuckDB: base files, delta files, and the logical rows they mean.
+
+A bucket's logical rows are its base rows for tables the delta does not name, plus the
+delta's rows. A delta names a table with a table row whose `op` is 'upsert' (the table's row
+and all its columns are in the delta) or 'delete' (the table is gone). Deltas keep an
+incremental run's writes proportional to what changed; a bucket whose delta grew past the
+compaction ratio is rewritten as a new base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from metatide.extractor import duck
+from metatide.extractor.ids import ENTITIES, Entity
+from metatide.extractor.manifest import FileRef
+from metatide.extractor.records import (
+    COLUMN_SCHEMA,
+    SCHEMAS,
+    TABLE_KEY_COLUMNS,
+    TABLE_SCHEMA,
+    conform,
+)
+from metatide.extractor.spec import DuckDBSpec
+from metatide.extractor.state import (
+    fetch_verified,
+    read_committed,
+    read_parquet_files,
+    sort_by_key,
+)
+from metatide.extractor.storage import Store
+
+TABLE_KEYS = ", ".join(TABLE_KEY_COLUMNS)
+
+DELTA_TABLE_SCHEMA = pa.schema(
+    [TABLE_SCHEMA.field(name) for name in TABLE_KEY_COLUMNS]
+    + [pa.field("op", pa.string(), nullable=False)]
+    + [TABLE_SCHEMA.field(name).with_nullable(True) for name in TABLE_SCHEMA.names[3:]]
+)
+
+LAYER_SCHEMAS: dict[tuple[Entity, str], pa.Schema] = {
+    ("table", "base"): TABLE_SCHEMA,
+    ("table", "delta"): DELTA_TABLE_SCHEMA,
+    ("column", "base"): COLUMN_SCHEMA,
+    ("column", "delta"): COLUMN_SCHEMA,
+}
+
+
+def register_previous(
+    connection: duckdb.DuckDBPyConnection,
+    entity: Entity,
+    files: Sequence[tuple[FileRef, Path]],
+) -> None:
+    """Views prev_{entity}_base and prev_{entity}_delta, each row with its file's bucket."""
+    for layer in ("base", "delta"):
+        name = f"prev_{entity}_{layer}"
+        chosen = [(ref, path) for ref, path in files if ref.layer == layer]
+        schema = LAYER_SCHEMAS[(entity, layer)]
+        if not chosen:
+            empty = schema.append(pa.field("bucket", pa.int32())).empty_table()
+            connection.register(name, empty)
+            continue
+        buckets = pa.table(
+            {
+                "filename": [str(path) for _, path in chosen],
+                "bucket": pa.array([ref.bucket or 0 for ref, _ in chosen], pa.int32()),
+            }
+        )
+        connection.register(f"{name}_files", buckets)
+        connection.register(
+            f"{name}_rows",
+            connection.read_parquet([str(path) for _, path in chosen], filename=True),
+        )
+        connection.execute(
+            f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT r.* EXCLUDE (filename), f.bucket "
+            f"FROM {name}_rows AS r JOIN {name}_files AS f USING (filename)"
+        )
+
+
+def create_logical_views(connection: duckdb.DuckDBPyConnection) -> None:
+    """old_tables and old_columns: what the previous state means, with buckets."""
+    connection.execute(
+        f"""
+        CREATE OR REPLACE TEMP VIEW old_tables AS
+        SELECT b.* FROM prev_table_base AS b ANTI JOIN prev_table_delta USING ({TABLE_KEYS})
+        UNION ALL BY NAME
+        SELECT * EXCLUDE (op) FROM prev_table_delta WHERE op = 'upsert'
+        """
+    )
+    connection.execute(
+        f"""
+        CREATE OR REPLACE TEMP VIEW old_columns AS
+        SELECT c.* FROM prev_column_base AS c ANTI JOIN prev_table_delta USING ({TABLE_KEYS})
+        UNION ALL BY NAME
+        SELECT * FROM prev_column_delta
+        """
+    )
+
+
+def logical_rows(connection: duckdb.DuckDBPyConnection, entity: Entity) -> pa.Table:
+    """The previous state's rows of tables or columns, without buckets, in schema order."""
+    view = "old_tables" if entity == "table" else "old_columns"
+    schema = TABLE_SCHEMA if entity == "table" else COLUMN_SCHEMA
+    rows = connection.sql(f"SELECT {', '.join(schema.names)} FROM {view}").to_arrow_table()
+    return conform(rows, schema)
+
+
+def load_previous(
+    connection: duckdb.DuckDBPyConnection,
+    tables: Sequence[tuple[FileRef, Path]],
+    columns: Sequence[tuple[FileRef, Path]] = (),
+) -> None:
+    """Register the given table and column files and the logical views over them."""
+    register_previous(connection, "table", tables)
+    register_previous(connection, "column", columns)
+    create_logical_views(connection)
+
+
+async def read_state(
+    store: Store, workdir: Path, duckdb_spec: DuckDBSpec
+) -> dict[Entity, pa.Table]:
+    """The whole committed state, resolved and sorted (tests and consumers)."""
+    committed = await read_committed(store)
+    if committed is None:
+        return {entity: SCHEMAS[entity].empty_table() for entity in ENTITIES}
+    files = committed.manifest.files
+    state: dict[Entity, pa.Table] = {}
+    small: tuple[Entity, ...] = ("database", "schema")
+    for entity in small:
+        paths = await fetch_verified(store, files[entity], workdir)
+        state[entity] = sort_by_key(entity, read_parquet_files(paths, entity))
+    tables = list(
+        zip(files["table"], await fetch_verified(store, files["table"], workdir), strict=True)
+    )
+    columns = list(
+        zip(files["column"], await fetch_verified(store, files["column"], workdir), strict=True)
+    )
+    connection = duck.connect(duckdb_spec)
+    try:
+        load_previous(connection, tables, columns)
+        state["table"] = sort_by_key("table", logical_rows(connection, "table"))
+        state["column"] = sort_by_key("column", logical_rows(connection, "column"))
+    finally:
+        connection.close()
+    return state
