@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metatide.extractor.ids import ENTITIES, Entity, RunId
+from metatide.extractor.layers import read_state
 from metatide.extractor.phases.run import run
 from metatide.extractor.records import KEY_COLUMNS, SCHEMAS
 from metatide.extractor.runfiles import diff_key
 from metatide.extractor.spec import ExtractionSpec, parse_spec
-from metatide.extractor.layers import read_state
 from metatide.extractor.state import sort_by_key
 from metatide.extractor.storage import KeyNotFoundError, Store, open_store
 

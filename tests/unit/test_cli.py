@@ -275,7 +275,9 @@ def test_bad_json_in_the_environment_exits_3() -> None:
 
 def test_termination_log_gets_the_result_line(spec_file: Path, tmp_path: Path) -> None:
     log = tmp_path / "termination-log"
-    result = invoke(["run", "-c", str(spec_file)], env={"METATIDE_TERMINATION_MESSAGE_PATH": str(log)})
+    result = invoke(
+        ["run", "-c", str(spec_file)], env={"METATIDE_TERMINATION_MESSAGE_PATH": str(log)}
+    )
     line = result_line(result)
     assert json.loads(log.read_text(encoding="utf-8")) == line
 
