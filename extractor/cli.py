@@ -21,7 +21,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from metatide.extractor import logs
+from metatide.extractor import faults, logs
 from metatide.extractor.errors import EXIT_UNEXPECTED, MetatideError, SpecError
 from metatide.extractor.ids import RunId, parse_run_id
 from metatide.extractor.progress import NoProgress, Progress
@@ -209,6 +209,7 @@ def columns(
     async def work() -> str:
         spec = _load_spec(config)
         index = _batch_index(batch)
+        faults.inject("columns", index)
         run = _required_run_id(run_id)
         result = await extract_batch(open_store(spec), open_source(spec), run, index)
         return result.to_json()

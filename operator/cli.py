@@ -12,6 +12,9 @@ import typer
 
 from metatide.extractor.cli import app
 
+DEFAULT_METRICS_PORT = 8080
+DEFAULT_HEALTH_PORT = 8081
+
 
 @app.command("operator")
 def run_operator(
@@ -21,12 +24,21 @@ def run_operator(
     ] = None,
     metrics_port: Annotated[
         int, typer.Option("--metrics-port", help="Port of the Prometheus /metrics endpoint.")
-    ] = 8080,
+    ] = DEFAULT_METRICS_PORT,
+    metrics_address: Annotated[
+        str, typer.Option("--metrics-address", help="Address the /metrics endpoint binds.")
+    ] = "0.0.0.0",  # noqa: S104 - in a pod; the chart can narrow it
+    health_port: Annotated[
+        int, typer.Option("--health-port", help="Port of kopf's /healthz liveness endpoint.")
+    ] = DEFAULT_HEALTH_PORT,
+    health_address: Annotated[
+        str, typer.Option("--health-address", help="Address the /healthz endpoint binds.")
+    ] = "0.0.0.0",  # noqa: S104
 ) -> None:
     """Run the kopf operator that reconciles IncrementalExtraction resources into Jobs."""
-    from metatide.operator.main import run
+    from metatide.operator.main import Endpoints, run
 
-    run(namespaces or [], metrics_port)
+    run(namespaces or [], Endpoints(metrics_address, metrics_port, health_address, health_port))
 
 
 @app.command("crd")

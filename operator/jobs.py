@@ -77,6 +77,7 @@ def _environment(
         {"name": "METATIDE_LOG_FORMAT", "value": "json"},
         {"name": "TMPDIR", "value": "/tmp"},  # noqa: S108 - an emptyDir, see volumes
     ]
+    env += [{"name": name, "value": value} for name, value in sorted(spec.job.env.items())]
     for ref in _secret_refs(spec):
         if ref.secret_key_ref is not None:
             env.append(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -127,14 +128,24 @@ def _stall(
     )
 
 
-def run(namespaces: list[str], metrics_port: int) -> None:
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Where the operator serves /metrics and kopf's /healthz."""
+
+    metrics_address: str
+    metrics_port: int
+    health_address: str
+    health_port: int
+
+
+def run(namespaces: list[str], endpoints: Endpoints) -> None:
     """Run the operator until it is stopped (SIGTERM/SIGINT)."""
-    metrics.serve(metrics_port)
+    metrics.serve(endpoints.metrics_port, endpoints.metrics_address)
     asyncio.run(
         kopf.operator(
             standalone=True,
             namespaces=namespaces,
             clusterwide=not namespaces,
-            liveness_endpoint="http://0.0.0.0:8081/healthz",
+            liveness_endpoint=f"http://{endpoints.health_address}:{endpoints.health_port}/healthz",
         )
     )

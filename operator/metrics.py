@@ -23,9 +23,9 @@ TABLES = Gauge(
 )
 
 
-def serve(port: int) -> None:
-    """Expose /metrics on all interfaces of the pod (port from the chart)."""
-    start_http_server(port)
+def serve(port: int, address: str) -> None:
+    """Expose /metrics (port and address from the chart)."""
+    start_http_server(port, addr=address)
 
 
 def record(namespace: str, name: str, finished: FinishedRun) -> None:

@@ -111,6 +111,11 @@ class JobTemplate(_Model):
     ttl_seconds_after_finished: int = Field(
         default=24 * 3600, ge=0, description="Finished Jobs are deleted after this (seconds)."
     )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment variables of phase containers, e.g. METATIDE_LOG_LEVEL "
+        "or proxy settings (never secrets: use the spec's secretKeyRefs).",
+    )
 
 
 class HistorySpec(_Model):
