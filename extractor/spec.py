@@ -271,7 +271,7 @@ class StateSpec(_Model):
     """Layout of the committed state."""
 
     tables_per_bucket: int = Field(
-        default=5000,
+        default=10_000,
         ge=1,
         le=1_000_000,
         description="Target tables per state bucket. The bucket count is fixed at a full run "

@@ -84,7 +84,7 @@ def state_key(entity: Entity, run_id: RunId, bucket: int | None = None, layer: s
 def encode_parquet(table: pa.Table) -> bytes:
     """Parquet bytes (zstd); deterministic for equal input, so equal content hashes equal."""
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd", store_schema=False)
+    pq.write_table(table, buffer, compression="zstd", store_schema=False, write_statistics=False)
     return buffer.getvalue()
 
 

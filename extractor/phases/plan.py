@@ -81,12 +81,21 @@ async def plan(
         committed = await (
             _readable_or_none(store) if spec.force_full_extraction else read_committed(store)
         )
-        async with source:
-            next_marker = truncate_to_seconds(await source.clock())
-            await _check_store_writable(store, run_id)
-            listing = await _list_catalog(spec, source, progress)
+        # The previous state loads while the source lists its catalog: one waits on the
+        # database server, the other on storage and DuckDB.
+        previous = asyncio.create_task(
+            _previous_tables(spec, store, committed, workdir), name="previous-tables"
+        )
+        try:
+            async with source:
+                next_marker = truncate_to_seconds(await source.clock())
+                await _check_store_writable(store, run_id)
+                listing = await _list_catalog(spec, source, progress)
+        except BaseException:
+            previous.cancel()
+            raise
         document = await _classify_and_write(
-            spec, store, workdir, run_id, committed, listing, next_marker, started_at
+            spec, store, run_id, committed, await previous, listing, next_marker, started_at
         )
     except BaseException:
         await release_lease(store, run_id)
@@ -148,14 +157,13 @@ async def _previous_tables(
 async def _classify_and_write(
     spec: ExtractionSpec,
     store: Store,
-    workdir: Path,
     run_id: RunId,
     committed: Committed | None,
+    previous: pa.Table,
     listing: Listing,
     next_marker: datetime,
     started_at: datetime,
 ) -> PlanDocument:
-    previous = await _previous_tables(spec, store, committed, workdir)
     manifest = committed.manifest if committed else None
     marker = (
         manifest.marker if manifest else default_marker(spec.marker.default, spec.marker.format)
