@@ -19,6 +19,8 @@ import pytest
 E2E_DIR = Path(__file__).resolve().parent
 if str(E2E_DIR) not in sys.path:  # pytest's importlib mode does not add rootless folders
     sys.path.insert(0, str(E2E_DIR))
+if str(E2E_DIR.parent) not in sys.path:  # for tests.services; appended, so the repository's
+    sys.path.append(str(E2E_DIR.parent))  # operator/ folder never shadows the stdlib module
 
 from localkube import controlplane  # noqa: E402
 from localkube.settings import layout  # noqa: E402

@@ -177,6 +177,7 @@ def plan(
 
     async def work() -> str:
         spec = _load_spec(config, force_full, allow_mass_delete)
+        faults.inject("plan")
         with _workdir() as workdir, _progress() as progress:
             document = await plan_phase(
                 spec,

@@ -7,7 +7,8 @@ on real exit codes:
 - ``columns:1:75:/shared/marker`` — batch 1 exits 75 (retryable) once: the first attempt
   creates the marker file, later attempts run normally;
 - ``columns:1:3`` — batch 1 exits 3 (terminal) every time;
-- ``columns:*:sleep:90`` — every batch sleeps 90 seconds first (a long run).
+- ``columns:*:sleep:90`` — every batch sleeps 90 seconds first (a long run);
+- ``plan:*:sleep:70`` — plan sleeps 70 seconds first (plan has no batch: use ``*``).
 """
 
 from __future__ import annotations

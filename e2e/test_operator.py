@@ -1,0 +1,523 @@
+"""The operator end to end: Helm-installed, under its own ServiceAccount, on the real API server.
+
+The chart is installed with `helm install`; the test kubelet runs the operator pod and every
+phase Job pod as local processes (`metatide operator`, `metatide plan|columns|finalize`) with
+the pods' ServiceAccount tokens, so RBAC applies for real. The source is the real PostgreSQL
+and the store the real MinIO that .ci/run starts; pods reach them on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped,unused-ignore]
+import pyarrow.parquet as pq
+import pytest
+from localkube.testkit import Cluster, wait_for
+
+from tests.services import (
+    create_database,
+    delete_bucket,
+    drop_database,
+    fresh_bucket,
+    require_postgres,
+    require_s3,
+    s3_client,
+    s3_settings,
+)
+
+JSON = dict[str, Any]
+REPO = Path(__file__).resolve().parents[1]
+RELEASE = "metatide"
+RELEASE_NAMESPACE = "metatide-system"
+PREFIX = "persistent-artifacts/apps/e2e/connection"
+GROUP_PATH = "/apis/metatide.dev/v1alpha1"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster) -> Iterator[str]:
+    """The chart, installed with Helm; yields the operator's namespace."""
+    cluster.kubectl("create", "namespace", RELEASE_NAMESPACE, check=False)
+    values = {
+        "image.repository": "metatide",
+        "image.tag": "e2e",
+        "image.pullPolicy": "Never",
+        "metrics.port": str(free_port()),
+        "metrics.bindAddress": "127.0.0.1",
+        "operator.health.port": str(free_port()),
+        "operator.health.bindAddress": "127.0.0.1",
+        "operator.logFormat": "console",
+    }
+    settings = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+    helm = [
+        str(cluster.helm_bin),
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(REPO / "charts/metatide"),
+        "-n",
+        RELEASE_NAMESPACE,
+        *settings,
+    ]
+    import subprocess
+
+    done = subprocess.run(helm, env=cluster.env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    wait_for("the operator pod to run", lambda: running_operator(cluster), timeout=120)
+    yield RELEASE_NAMESPACE
+    subprocess.run(
+        [str(cluster.helm_bin), "uninstall", RELEASE, "-n", RELEASE_NAMESPACE],
+        env=cluster.env,
+        capture_output=True,
+        check=False,
+    )
+
+
+def running_operator(cluster: Cluster) -> JSON | None:
+    pods = cluster.pods(RELEASE_NAMESPACE, "app.kubernetes.io/name=metatide")
+    running = [
+        p
+        for p in pods
+        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+    ]
+    return running[0] if running else None
+
+
+class Source:
+    """The test database, changed with plain SQL."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def sql(self, script: str) -> None:
+        async def apply() -> None:
+            connection = await asyncpg.connect(self.dsn)
+            try:
+                await connection.execute(script)
+            finally:
+                await connection.close()
+
+        asyncio.run(apply())
+
+
+@pytest.fixture(scope="module")
+def world(cluster: Cluster, operator: str) -> Iterator[JSON]:
+    """A namespace with the Secret and Job ServiceAccount, a database and a bucket."""
+    require_postgres()
+    require_s3()
+    namespace = cluster.create_namespace("ie")
+    database = f"metatide_e2e_{uuid.uuid4().hex[:8]}"
+    dsn = create_database(database)
+    source = Source(dsn)
+    source.sql(
+        "CREATE TABLE t1 (id int PRIMARY KEY, v text); CREATE TABLE t2 (x int);"
+        "CREATE TABLE t3 (y text); CREATE VIEW v1 AS SELECT id FROM t1;"
+    )
+    bucket = fresh_bucket("e2e")
+    s3 = s3_settings()
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "creds", "namespace": namespace},
+            "stringData": {"dsn": dsn, "access": s3.access_key, "secret": s3.secret_key},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "metatide-job", "namespace": namespace},
+            "automountServiceAccountToken": False,
+        },
+    )
+    yield {"namespace": namespace, "source": source, "bucket": bucket, "database": database}
+    cluster.delete_namespace(namespace)
+    drop_database(database)
+    delete_bucket(bucket)
+
+
+def resource(name: str, world: JSON, **spec: Any) -> JSON:
+    s3 = s3_settings()
+    body: JSON = {
+        "applicationName": "e2e",
+        "connectionId": name,
+        "source": {
+            "kind": "postgresql",
+            "databases": [world["database"]],
+            "dsnFrom": {
+                "env": "METATIDE_SOURCE_DSN",
+                "secretKeyRef": {"name": "creds", "key": "dsn"},
+            },
+        },
+        "storage": {
+            "url": f"s3://{world['bucket']}",
+            "endpoint": s3.endpoint,
+            "secure": False,
+            "accessKeyFrom": {
+                "env": "AWS_ACCESS_KEY_ID",
+                "secretKeyRef": {"name": "creds", "key": "access"},
+            },
+            "secretKeyFrom": {
+                "env": "AWS_SECRET_ACCESS_KEY",
+                "secretKeyRef": {"name": "creds", "key": "secret"},
+            },
+        },
+        "columns": {"batchSize": 1, "parallelism": 2},
+        "job": {"image": "metatide:e2e", "imagePullPolicy": "Never", "backoffLimitPerIndex": 2},
+    }
+    for key, value in spec.items():
+        body[key] = {**body.get(key, {}), **value} if isinstance(value, dict) else value
+    return {
+        "apiVersion": "metatide.dev/v1alpha1",
+        "kind": "IncrementalExtraction",
+        "metadata": {"name": name, "namespace": world["namespace"]},
+        "spec": body,
+    }
+
+
+def status_of(cluster: Cluster, namespace: str, name: str) -> JSON:
+    found = cluster.get(f"{GROUP_PATH}/namespaces/{namespace}/incrementalextractions/{name}")
+    return (found or {}).get("status") or {}
+
+
+def condition(status: JSON, kind: str) -> str | None:
+    return next((c["status"] for c in status.get("conditions", []) if c["type"] == kind), None)
+
+
+def wait_status(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    what: str,
+    test: Callable[[JSON], bool],
+    timeout: float = 240,
+    seen: list[JSON] | None = None,
+) -> JSON:
+    def probe() -> JSON | None:
+        status = status_of(cluster, namespace, name)
+        if seen is not None:
+            seen.append(status)
+        return status if test(status) else None
+
+    return wait_for(
+        what,
+        probe,
+        timeout,
+        interval=1.0,
+        describe=lambda: (
+            json.dumps(status_of(cluster, namespace, name), indent=1)
+            + cluster.kubectl("get", "jobs,pods", "-n", namespace, check=False)
+            + cluster.kubectl(
+                "logs",
+                "-n",
+                RELEASE_NAMESPACE,
+                "-l",
+                "app.kubernetes.io/name=metatide",
+                "--tail",
+                "30",
+                check=False,
+            )
+        ),
+    )
+
+
+def succeeded_after(previous: str | None) -> Callable[[JSON], bool]:
+    def test(status: JSON) -> bool:
+        last = status.get("lastSuccessfulRun") or {}
+        return bool(last.get("id")) and last.get("id") != previous and not status.get("currentRun")
+
+    return test
+
+
+def read_object(bucket: str, key: str) -> bytes:
+    response = s3_client().get_object(bucket, key)
+    try:
+        return bytes(response.read())
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def diff_keys(
+    bucket: str, connection: str, run_id: str, entity: str, deleted: bool = False
+) -> set[str]:
+    folder = f"incremental-diff/delete/{entity}" if deleted else f"incremental-diff/{entity}"
+    key = f"{PREFIX}/{connection}/runs/{run_id}/{folder}/part-00000.parquet"
+    rows = pq.read_table(io.BytesIO(read_object(bucket, key))).to_pylist()
+    return {row["table_name"] for row in rows}
+
+
+def annotate_run(cluster: Cluster, namespace: str, name: str) -> None:
+    cluster.kubectl(
+        "annotate",
+        "--overwrite",
+        "-n",
+        namespace,
+        f"ie/{name}",
+        f"metatide.dev/run-requested-at={time.time()}",
+    )
+
+
+def jobs_of_run(cluster: Cluster, namespace: str, run_id: str) -> list[JSON]:
+    listed = cluster.api.get(
+        f"/apis/batch/v1/namespaces/{namespace}/jobs", labelSelector=f"metatide.dev/run-id={run_id}"
+    )
+    items: list[JSON] = listed["items"]
+    return items
+
+
+@pytest.fixture(scope="module")
+def first_run(cluster: Cluster, world: JSON) -> JSON:
+    namespace = world["namespace"]
+    cluster.apply(resource("shop", world))
+    seen: list[JSON] = []
+    status = wait_status(
+        cluster, namespace, "shop", "the first run to succeed", succeeded_after(None), seen=seen
+    )
+    return {"status": status, "seen": seen}
+
+
+def test_first_run_goes_reconciling_then_ready_and_commits_state(
+    cluster: Cluster, world: JSON, first_run: JSON
+) -> None:
+    states = [condition(s, "Reconciling") for s in first_run["seen"]]
+    assert "True" in states
+    status = first_run["status"]
+    assert condition(status, "Ready") == "True"
+    assert condition(status, "Reconciling") == "False"
+    assert status["lastSuccessfulRun"]["createdTables"] == 4
+    assert status["observedGeneration"] == 1
+    manifest = json.loads(
+        read_object(world["bucket"], f"{PREFIX}/shop/current-state/_manifest.json")
+    )
+    marker = read_object(world["bucket"], f"{PREFIX}/shop/marker.txt").decode()
+    assert manifest["run_id"] == status["lastSuccessfulRun"]["id"]
+    assert marker.endswith("Z")
+    table = cluster.kubectl("get", "ie", "-n", world["namespace"])
+    assert "Succeeded" in table.splitlines()[1]
+    header = table.splitlines()[0].split()
+    assert {"PHASE", "CHANGED", "DELETED"} <= set(header)
+
+
+def test_a_triggered_run_extracts_exactly_the_changes(
+    cluster: Cluster, world: JSON, first_run: JSON
+) -> None:
+    namespace = world["namespace"]
+    before = first_run["status"]["lastSuccessfulRun"]["id"]
+    world["source"].sql(
+        "ALTER TABLE t1 ADD COLUMN added int; CREATE TABLE t4 (z int); DROP TABLE t3;"
+    )
+    annotate_run(cluster, namespace, "shop")
+    status = wait_status(cluster, namespace, "shop", "the triggered run", succeeded_after(before))
+    last = status["lastSuccessfulRun"]
+    assert (last["createdTables"], last["updatedTables"], last["deletedTables"]) == (1, 1, 1)
+    run_id = last["id"]
+    columns = [
+        job
+        for job in jobs_of_run(cluster, namespace, run_id)
+        if job["metadata"]["labels"]["metatide.dev/phase"] == "columns"
+    ]
+    assert len(columns) == 1
+    assert columns[0]["spec"]["completions"] == 2  # batch size 1: t1 and t4
+    assert columns[0]["status"]["succeeded"] == 2
+    assert diff_keys(world["bucket"], "shop", run_id, "table") == {"t1", "t4"}
+    assert diff_keys(world["bucket"], "shop", run_id, "table", deleted=True) == {"t3"}
+
+
+def test_a_retryable_batch_failure_is_retried_and_the_run_succeeds(
+    cluster: Cluster, world: JSON, first_run: JSON, tmp_path: Path
+) -> None:
+    namespace = world["namespace"]
+    before = status_of(cluster, namespace, "shop")["lastSuccessfulRun"]["id"]
+    world["source"].sql("ALTER TABLE t2 ADD COLUMN r1 int; ALTER TABLE t4 ADD COLUMN r1 int;")
+    marker = tmp_path / "failed-once"
+    patch = {"spec": {"job": {"env": {"METATIDE_FAULT_INJECTION": f"columns:1:75:{marker}"}}}}
+    cluster.kubectl("patch", "-n", namespace, "ie/shop", "--type=merge", "-p", json.dumps(patch))
+    status = wait_status(
+        cluster, namespace, "shop", "the run with a retried batch", succeeded_after(before)
+    )
+    assert marker.exists()  # the first attempt of batch 1 did fail
+    run_id = status["lastSuccessfulRun"]["id"]
+    (columns,) = [
+        job
+        for job in jobs_of_run(cluster, namespace, run_id)
+        if job["metadata"]["labels"]["metatide.dev/phase"] == "columns"
+    ]
+    assert columns["status"]["failed"] >= 1
+    assert columns["status"]["succeeded"] == 2
+
+
+def test_a_terminal_batch_failure_fails_the_run_readably_and_keeps_the_state(
+    cluster: Cluster, world: JSON, first_run: JSON
+) -> None:
+    namespace = world["namespace"]
+    manifest_key = f"{PREFIX}/shop/current-state/_manifest.json"
+    manifest, marker = (
+        read_object(world["bucket"], manifest_key),
+        read_object(world["bucket"], f"{PREFIX}/shop/marker.txt"),
+    )
+    world["source"].sql("ALTER TABLE t2 ADD COLUMN f1 int; ALTER TABLE t4 ADD COLUMN f1 int;")
+    patch = {"spec": {"job": {"env": {"METATIDE_FAULT_INJECTION": "columns:0:3"}}}}
+    cluster.kubectl("patch", "-n", namespace, "ie/shop", "--type=merge", "-p", json.dumps(patch))
+    status = wait_status(
+        cluster, namespace, "shop", "the run to fail", lambda s: condition(s, "Stalled") == "True"
+    )
+    assert status["phase"] == "Failed"
+    message = next(c["message"] for c in status["conditions"] if c["type"] == "Stalled")
+    assert "failed in columns" in message
+    assert read_object(world["bucket"], manifest_key) == manifest
+    assert read_object(world["bucket"], f"{PREFIX}/shop/marker.txt") == marker
+    before = status["lastSuccessfulRun"]["id"]
+    healed = {"spec": {"job": {"env": {}}}}
+    cluster.kubectl(
+        "patch",
+        "-n",
+        namespace,
+        "ie/shop",
+        "--type=json",
+        "-p",
+        json.dumps([{"op": "remove", "path": "/spec/job/env"}]),
+    )
+    del healed
+    recovered = wait_status(
+        cluster, namespace, "shop", "the next run to succeed", succeeded_after(before)
+    )
+    assert condition(recovered, "Ready") == "True"
+    assert recovered["lastSuccessfulRun"]["updatedTables"] == 2
+
+
+def test_a_killed_operator_resumes_the_run_once(
+    cluster: Cluster, world: JSON, first_run: JSON
+) -> None:
+    namespace = world["namespace"]
+    before = status_of(cluster, namespace, "shop")["lastSuccessfulRun"]["id"]
+    world["source"].sql("ALTER TABLE t2 ADD COLUMN k1 int; ALTER TABLE t4 ADD COLUMN k1 int;")
+    patch = {"spec": {"job": {"env": {"METATIDE_FAULT_INJECTION": "columns:*:sleep:8"}}}}
+    cluster.kubectl("patch", "-n", namespace, "ie/shop", "--type=merge", "-p", json.dumps(patch))
+    extracting = wait_status(
+        cluster,
+        namespace,
+        "shop",
+        "the run to extract columns",
+        lambda s: (s.get("currentRun") or {}).get("phase") == "Extracting",
+    )
+    run_id = extracting["currentRun"]["id"]
+    pod = running_operator(cluster)
+    assert pod is not None
+    cluster.kubectl(
+        "delete", "pod", "-n", RELEASE_NAMESPACE, pod["metadata"]["name"], "--wait=false"
+    )
+    wait_for(
+        "a new operator pod",
+        lambda: (
+            (p := running_operator(cluster)) and p["metadata"]["name"] != pod["metadata"]["name"]
+        ),
+        timeout=120,
+    )
+    status = wait_status(cluster, namespace, "shop", "the resumed run", succeeded_after(before))
+    assert status["lastSuccessfulRun"]["id"] == run_id
+    phases = sorted(
+        job["metadata"]["labels"]["metatide.dev/phase"]
+        for job in jobs_of_run(cluster, namespace, run_id)
+    )
+    assert phases == ["columns", "finalize", "plan"]
+    assert [entry["id"] for entry in status["history"]].count(run_id) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"schedule": {"cron": "every minute"}}, "cron"),
+        ({"source": {"kind": "mysql"}}, "mysql"),
+        ({"columns": {"batchSize": -1}}, "batchSize"),
+    ],
+    ids=["bad-cron", "unknown-source-kind", "negative-batch-size"],
+)
+def test_invalid_resources_are_rejected_by_the_api_server(
+    cluster: Cluster, world: JSON, change: JSON, expected: str
+) -> None:
+    body = resource("invalid", world, **change)
+    done = cluster.kubectl("apply", "-f", "-", stdin=json.dumps(body), check=False)
+    assert done == "" or "created" not in done
+    import subprocess
+
+    result = subprocess.run(
+        [str(cluster.kubectl_bin), "apply", "-f", "-"],
+        input=json.dumps(body),
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert expected in result.stderr
+
+
+def test_a_schedule_runs_respects_forbid_and_stops_when_suspended(
+    cluster: Cluster, world: JSON, operator: str
+) -> None:
+    namespace = world["namespace"]
+    long_plan = {"env": {"METATIDE_FAULT_INJECTION": "plan:*:sleep:62"}}
+    cluster.apply(resource("sched", world, schedule={"cron": "* * * * *"}, job=long_plan))
+    started = wait_status(
+        cluster,
+        namespace,
+        "sched",
+        "a scheduled run to start",
+        lambda s: bool(s.get("currentRun")),
+        timeout=90,
+    )
+    assert started["currentRun"]["trigger"] == "schedule"
+    first = started["currentRun"]["id"]
+
+    def skipped() -> bool:
+        events = cluster.kubectl(
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            "involvedObject.name=sched",
+            "-o",
+            "json",
+        )
+        return any(e.get("reason") == "ScheduleSkipped" for e in json.loads(events)["items"])
+
+    wait_for("a tick skipped by Forbid", skipped, timeout=90)
+    assert status_of(cluster, namespace, "sched")["currentRun"]["id"] == first
+    cluster.kubectl(
+        "patch",
+        "-n",
+        namespace,
+        "ie/sched",
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"schedule": {"suspend": True}}}),
+    )
+    done = wait_status(
+        cluster,
+        namespace,
+        "sched",
+        "the scheduled run to finish",
+        lambda s: not s.get("currentRun"),
+        timeout=120,
+    )
+    count = len(done.get("history", []))
+    time.sleep(65)
+    after = status_of(cluster, namespace, "sched")
+    assert not after.get("currentRun")
+    assert len(after.get("history", [])) == count
+    assert after["nextScheduleTime"] is None
