@@ -8,7 +8,7 @@ would never make a table UPDATED and the incremental state would drift from a fu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -81,23 +81,6 @@ TABLE_KEY_SCHEMA = pa.schema([TABLE_SCHEMA.field(name) for name in TABLE_KEY_COL
 def rows_to_table(entity: Entity, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Build an Arrow table of one entity from dict rows (sources with few rows use this)."""
     return pa.Table.from_pylist(list(rows), schema=SCHEMAS[entity])
-
-
-def tuples_to_table(entity: Entity, rows: Sequence[Sequence[Any]]) -> pa.Table:
-    """Build an Arrow table from positional rows in schema order (the fast path for drivers)."""
-    schema = SCHEMAS[entity]
-    columns: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
-    return pa.Table.from_arrays(
-        [pa.array(values, type=field.type) for values, field in zip(columns, schema, strict=True)],
-        schema=schema,
-    )
-
-
-def table_keys_to_table(keys: Iterable[TableKey]) -> pa.Table:
-    """An Arrow table of (database, schema, table) keys, e.g. a column batch's request list."""
-    return pa.Table.from_pylist(
-        [dict(zip(TABLE_KEY_COLUMNS, key, strict=True)) for key in keys], schema=TABLE_KEY_SCHEMA
-    )
 
 
 def table_to_keys(table: pa.Table) -> list[TableKey]:

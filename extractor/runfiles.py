@@ -47,10 +47,6 @@ BATCH_SCHEMA = pa.schema(
 column. A requested table with no 'table' row was dropped after plan listed it."""
 
 
-def run_prefix(run_id: RunId) -> str:
-    return f"runs/{run_id}/"
-
-
 def plan_key(run_id: RunId, name: str) -> str:
     return f"runs/{run_id}/plan/{name}"
 

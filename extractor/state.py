@@ -25,7 +25,6 @@ from metatide.extractor.manifest import MANIFEST_KEY, FileRef, Manifest, parse_m
 from metatide.extractor.records import KEY_COLUMNS, SCHEMAS
 from metatide.extractor.storage import KeyNotFoundError, Store
 
-BUCKETED: frozenset[Entity] = frozenset({"table", "column"})
 _BUCKET_DRIFT = 4  # re-bucket (full rewrite) when tables per bucket drift this far off target
 
 
