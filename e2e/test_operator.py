@@ -14,6 +14,7 @@ import json
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,6 +50,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+METRICS_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster) -> Iterator[str]:
     """The chart, installed with Helm; yields the operator's namespace."""
@@ -57,7 +61,7 @@ def operator(cluster: Cluster) -> Iterator[str]:
         "image.repository": "metatide",
         "image.tag": "e2e",
         "image.pullPolicy": "Never",
-        "metrics.port": str(free_port()),
+        "metrics.port": str(METRICS_PORT),
         "metrics.bindAddress": "127.0.0.1",
         "operator.health.port": str(free_port()),
         "operator.health.bindAddress": "127.0.0.1",
@@ -514,3 +518,36 @@ def test_a_schedule_runs_respects_forbid_and_stops_when_suspended(
     assert not after.get("currentRun")
     assert len(after.get("history", [])) == count
     assert after.get("nextScheduleTime") is None  # null is removed by the merge patch
+
+
+def test_metrics_count_the_runs(first_run: JSON, world: JSON) -> None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    counted = [
+        line
+        for line in text.splitlines()
+        if line.startswith("metatide_runs_total{")
+        and f'namespace="{world["namespace"]}"' in line
+        and 'outcome="Succeeded"' in line
+    ]
+    assert counted, text[:2000]
+    assert all(float(line.rsplit(" ", 1)[1]) >= 1 for line in counted)
+    assert "metatide_run_duration_seconds_bucket" in text
+
+
+def test_deleting_a_resource_removes_its_jobs_and_config_maps(
+    cluster: Cluster, world: JSON, first_run: JSON
+) -> None:
+    namespace = world["namespace"]
+    selector = "metatide.dev/extraction=shop"
+
+    def leftovers() -> int:
+        jobs = cluster.api.get(
+            f"/apis/batch/v1/namespaces/{namespace}/jobs", labelSelector=selector
+        )
+        maps = cluster.api.get(f"/api/v1/namespaces/{namespace}/configmaps", labelSelector=selector)
+        return len(jobs["items"]) + len(maps["items"])
+
+    assert leftovers() > 0
+    cluster.kubectl("delete", "ie", "shop", "-n", namespace, "--wait=true", timeout=120)
+    wait_for("the run objects to be collected", lambda: leftovers() == 0 or None, timeout=120)

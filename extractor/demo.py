@@ -93,7 +93,10 @@ def run_demo(keep: Path | None = None) -> None:
         second = asyncio.run(run(spec, store, folder))
         console.print(f"[bold]run 2[/] ({second['run_id']}): tables {second['tables']}")
         console.print(_diff_table(asyncio.run(_read_diff(store, RunId(second["run_id"])))))
-        console.print(f"state and diffs are in {store.location}")
+        if keep is None:
+            console.print("(the demo's files were removed; `metatide demo --keep DIR` keeps them)")
+        else:
+            console.print(f"state and diffs are in {store.location}")
     finally:
         if keep is None:
             shutil.rmtree(folder, ignore_errors=True)

@@ -157,8 +157,10 @@ class IncrementalMachine(RuleBasedStateMachine):
             },
             f"file://{self.folder}/store",
             columns={"batchSize": batch_size, "parallelism": 2},
-            state={"tablesPerBucket": self.tables_per_bucket,
-                   "compactionRatio": self.compaction_ratio},
+            state={
+                "tablesPerBucket": self.tables_per_bucket,
+                "compactionRatio": self.compaction_ratio,
+            },
             massDeleteGuard={"maxDeletedFraction": 1.0, "allowEmptySource": True},
         )
 
@@ -335,7 +337,9 @@ def property_database() -> Any:
 @pytest.mark.integration
 @pytest.mark.property
 def test_incremental_state_equals_full_extraction(
-    property_database: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+    property_database: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     name, dsn = property_database
     monkeypatch.setenv("METATIDE_PROPERTY_DSN", dsn)
@@ -344,9 +348,10 @@ def test_incremental_state_equals_full_extraction(
     profile = settings.get_profile(PROFILE)
     IncrementalMachine.TestCase.settings = profile
     IncrementalMachine.TestCase().runTest()
-    print(
-        f"property test: {STATS['examples']} examples, {STATS['runs']} checked runs "
-        f"(profile {PROFILE})"
-    )
+    with capsys.disabled():  # the example count belongs in the CI log
+        print(
+            f"\nproperty test: {STATS['examples']} examples, {STATS['runs']} checked runs "
+            f"(profile {PROFILE})"
+        )
     assert STATS["examples"] >= profile.max_examples
     assert STATS["runs"] >= profile.max_examples
