@@ -102,6 +102,7 @@ class Layout:
     tables: int  # relations per schema, views included
     columns: int
     view_every: int
+    varied: bool = True  # tables of different shapes, as in real catalogs
 
     @property
     def relations(self) -> int:
@@ -115,7 +116,8 @@ class Layout:
     def label(self) -> str:
         return (
             f"metatide bench catalog v{LAYOUT_VERSION}: {self.schemas} schemas x {self.tables} "
-            f"relations x {self.columns} columns, view every {self.view_every}"
+            f"relations x {self.columns} columns, view every {self.view_every}, "
+            f"{'varied' if self.varied else 'uniform'} table shapes"
         )
 
     def schema_name(self, index: int) -> str:
@@ -157,8 +159,11 @@ def relation_ddl(layout: Layout, schema_index: int, index: int) -> str:
     columns = []
     comments = []
     for position in range(layout.columns):
-        base, data_type, not_null, default = COLUMN_TEMPLATE[position % len(COLUMN_TEMPLATE)]
+        slot = (position + index * layout.varied) % len(COLUMN_TEMPLATE)
+        base, data_type, not_null, default = COLUMN_TEMPLATE[slot]
         column = base if position < len(COLUMN_TEMPLATE) else f"{base}_{position}"
+        if layout.varied:  # real catalogs rarely hold thousands of tables of one shape
+            column = f"{base}_{(index * 7 + position * 13) % 97}_{position}"
         text = f"{ident(column)} {data_type}"
         if position == 0 and index % 4 != 3:
             text += " PRIMARY KEY"
@@ -559,10 +564,16 @@ def main(argv: list[str] | None = None) -> None:
         "--tables-per-bucket", type=int, help="override state.tablesPerBucket (default: spec's)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary stores")
+    parser.add_argument(
+        "--uniform",
+        action="store_true",
+        help="every table of one shape (the worst case for the written-bytes ratio: the state "
+        "compresses to a few bytes per table)",
+    )
     parser.add_argument("--no-results", action="store_true", help="do not write bench/results.json")
     args = parser.parse_args(argv)
     admin_dsn = os.environ.get("METATIDE_TEST_PG_DSN") or DEFAULT_ADMIN_DSN
-    layout = Layout(args.schemas, args.tables, args.columns, args.view_every)
+    layout = Layout(args.schemas, args.tables, args.columns, args.view_every, not args.uniform)
     print(f"catalog: {layout.label}")
     catalog = asyncio.run(ensure_catalog(admin_dsn, layout, args.recreate))
     how = "reused" if catalog["reused"] else f"created in {catalog['create_seconds']:.1f} s"
