@@ -1,9 +1,10 @@
 """Reading and writing the committed state: manifest, bucketed Parquet files, checksums.
 
-Tables and columns are split into buckets by a stable hash of the table's qualified name, so
-a run rewrites only the buckets holding changed or deleted tables and the new manifest points
-at every other bucket's file from earlier runs (copy-on-write). State file names carry the
-writing run's id, so a file is never overwritten once a manifest may reference it.
+Tables and columns are split into buckets by a stable hash of the table's qualified name; a
+run writes only for buckets holding changed or deleted tables (a new delta file, or a new
+base when compacting, see `layers`) and the new manifest points at every other file from
+earlier runs (copy-on-write). State file names carry the writing run's id, so a file is never
+overwritten once a manifest may reference it.
 """
 
 from __future__ import annotations
