@@ -249,7 +249,10 @@ async def _write_layer(
 ) -> list[FileRef]:
     parts = rows.split()
     encoded = await asyncio.to_thread(
-        lambda: [(bucket, encode_parquet(part), part.num_rows) for bucket, part in parts]
+        lambda: [
+            (bucket, encode_parquet(part, small=layer == "delta"), part.num_rows)
+            for bucket, part in parts
+        ]
     )
     refs = []
     for bucket, data, count in encoded:

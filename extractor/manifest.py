@@ -97,8 +97,8 @@ class Manifest(BaseModel):
         return self.model_copy(update={"content_hash": _content_hash(self)})
 
     def to_bytes(self) -> bytes:
-        """Canonical JSON, as committed."""
-        return self.model_dump_json(indent=1).encode()
+        """Compact JSON, as committed (it is rewritten by every run, so it stays small)."""
+        return self.model_dump_json().encode()
 
 
 def _content_hash(manifest: Manifest) -> str:

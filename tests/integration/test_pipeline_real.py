@@ -218,7 +218,7 @@ def test_corrupted_manifest_fails_then_force_full_recovers(
     asyncio.run(run_pipeline(spec, tmp_path / "w1"))
     store = open_store(spec)
     data = bytearray(asyncio.run(store.get(MANIFEST_KEY)).data)
-    position = data.index(b'"rows": ') + len(b'"rows": ')
+    position = data.index(b'"rows":') + len(b'"rows":')
     data[position] = ord("9") if data[position] != ord("9") else ord("8")
     asyncio.run(store.put(MANIFEST_KEY, bytes(data)))
     with pytest.raises(StateCorruptError, match="forceFullExtraction"):

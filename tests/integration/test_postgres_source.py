@@ -203,7 +203,7 @@ def test_lists_every_level_with_comments_and_types(db: Db, monkeypatch: pytest.M
     assert orders["view_definition"] is None
     assert orders["created_at"] is None
     assert orders["ddl_time"] is None
-    assert len(orders["fingerprint"]) == 64
+    assert len(orders["fingerprint"]) == 32
     view = s.table((db.name, "app", "big_orders"))
     assert "app.orders" in view["view_definition"]  # qualified: search_path is pinned
     assert "100" in view["view_definition"]

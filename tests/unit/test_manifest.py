@@ -109,7 +109,7 @@ def test_an_edited_field_fails_the_checksum(path: tuple[Any, ...], value: Any) -
 
 def test_a_flipped_byte_is_detected() -> None:
     data = bytearray(make_manifest().to_bytes())
-    position = data.index(b'"rows": 3') + len(b'"rows": ')
+    position = data.index(b'"rows":3') + len(b'"rows":')
     data[position] = ord("8")
     with pytest.raises(StateCorruptError, match="forceFullExtraction"):
         parse_manifest(bytes(data), LOCATION)
@@ -131,7 +131,7 @@ def test_a_flipped_byte_in_every_position_is_detected() -> None:
 
 @pytest.mark.parametrize(
     "damage",
-    [(b'"format_version"', b'"format_versiom"'), (b'"format_version": 2', b'"format_version": 0')],
+    [(b'"format_version"', b'"format_versiom"'), (b'"format_version":2', b'"format_version":0')],
 )
 def test_a_damaged_format_version_gives_the_recovery_advice(damage: tuple[bytes, bytes]) -> None:
     """A flipped byte in format_version is corruption like any other: same advice, same location."""
