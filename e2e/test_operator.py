@@ -8,7 +8,6 @@ and the store the real MinIO that .ci/run starts; pods reach them on 127.0.0.1.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import socket
@@ -20,7 +19,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import pyarrow.parquet as pq
 import pytest
 from localkube.testkit import Cluster, wait_for
@@ -29,6 +27,7 @@ from tests.services import (
     create_database,
     delete_bucket,
     drop_database,
+    execute_sql,
     fresh_bucket,
     require_postgres,
     require_s3,
@@ -107,14 +106,7 @@ class Source:
         self.dsn = dsn
 
     def sql(self, script: str) -> None:
-        async def apply() -> None:
-            connection = await asyncpg.connect(self.dsn)
-            try:
-                await connection.execute(script)
-            finally:
-                await connection.close()
-
-        asyncio.run(apply())
+        execute_sql(self.dsn, script)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from metatide.extractor.ids import ENTITIES, Entity
+from metatide.extractor.ids import Entity
 from metatide.extractor.records import KEY_COLUMNS, SCHEMAS
 from metatide.extractor.scope import Scope
 
@@ -107,6 +107,3 @@ def empty_diff(entity: Entity) -> EntityDiff:
         changed=SCHEMAS[entity].append(pa.field("change", pa.string())).empty_table(),
         deleted=key_schema.append(pa.field("reason", pa.string(), nullable=False)).empty_table(),
     )
-
-
-__all__ = ["ENTITIES", "EntityDiff", "column_reasons", "empty_diff", "entity_diff", "scope_reasons"]

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from metatide.extractor.layers import DELTA_TABLE_SCHEMA, TABLE_KEYS
-from metatide.extractor.records import COLUMN_SCHEMA, KEY_COLUMNS, TABLE_SCHEMA, conform
+from metatide.extractor.records import COLUMN_SCHEMA, TABLE_SCHEMA, conform
 
 _TABLE_COLUMNS = ", ".join(TABLE_SCHEMA.names)
 _COLUMN_COLUMNS = ", ".join(f"f.{name}" for name in COLUMN_SCHEMA.names)
@@ -116,6 +116,3 @@ def new_files(connection: duckdb.DuckDBPyConnection) -> NewFiles:
 def _rows(connection: duckdb.DuckDBPyConnection, sql: str, schema: pa.Schema) -> BucketRows:
     target = schema.append(pa.field("bucket", pa.int32(), nullable=False))
     return BucketRows(conform(connection.sql(sql).to_arrow_table(), target))
-
-
-__all__ = ["KEY_COLUMNS", "BucketRows", "NewFiles", "create_views", "new_files"]

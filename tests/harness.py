@@ -9,6 +9,7 @@ can check the published diff against it.
 from __future__ import annotations
 
 import io
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,9 @@ async def exists(store: Store, key: str) -> bool:
 
 def empty_state() -> State:
     return {entity: SCHEMAS[entity].empty_table() for entity in ENTITIES}
+
+
+def execute_sqlite(database: Path, script: str) -> None:
+    """Run a SQL script (DDL of a test) against a SQLite file."""
+    with sqlite3.connect(database) as connection:
+        connection.executescript(script)

@@ -130,6 +130,11 @@ async def _pg_execute(dsn: str, sql: str) -> None:
         await conn.close()
 
 
+def execute_sql(dsn: str, script: str) -> None:
+    """Run a SQL script (DDL of a test) against the database the DSN names."""
+    _run(_pg_execute(dsn, script))
+
+
 def require_postgres() -> None:
     """Fail loudly (RuntimeError) unless the test PostgreSQL accepts our login."""
     dsn = postgres_dsn()

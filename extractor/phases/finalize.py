@@ -101,53 +101,55 @@ async def finalize(
     return await _complete_commit(spec, store, built.manifest, parent.manifest, plan)
 
 
-async def _stored_manifest(store: Store) -> StoredObject | None:
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """The committed manifest as read once: its object, and the parsed document or the error."""
+
+    data: StoredObject | None
+    manifest: Manifest | None
+    error: StateCorruptError | None
+
+
+async def _stored_manifest(store: Store) -> Stored:
     try:
-        return await store.get(MANIFEST_KEY)
+        data = await store.get(MANIFEST_KEY)
     except KeyNotFoundError:
-        return None
-
-
-def _committed_by(stored: StoredObject | None, run_id: RunId) -> Manifest | None:
-    """The committed manifest if this very run committed it (a finalize retried after the swap)."""
-    if stored is None:
-        return None
+        return Stored(None, None, None)
     try:
-        manifest = parse_manifest(stored.data, "")
-    except StateCorruptError:
-        return None
-    return manifest if manifest.run_id == run_id else None
+        return Stored(data, parse_manifest(data.data, store.location), None)
+    except StateCorruptError as exc:
+        return Stored(data, None, exc)
 
 
-def _parent_of(plan: PlanDocument, stored: StoredObject | None, location: str) -> Parent:
+def _committed_by(stored: Stored, run_id: RunId) -> Manifest | None:
+    """The committed manifest if this very run committed it (a finalize retried after the swap)."""
+    manifest = stored.manifest
+    return manifest if manifest is not None and manifest.run_id == run_id else None
+
+
+def _parent_of(plan: PlanDocument, stored: Stored, location: str) -> Parent:
     """The state plan built on, which must still be the committed one."""
     if plan.parent_run_id is None:
-        if stored is not None and _parses(stored):
+        if stored.manifest is not None:
             raise StateConflictError(
                 f"run {plan.run_id} planned a full extraction without a readable state, but "
                 f"{location} now holds a committed state; start a new run"
             )
-        return Parent(None, stored.version if stored else None)
-    if stored is None:
+        return Parent(None, stored.data.version if stored.data else None)
+    if stored.data is None:
         raise StateConflictError(
             f"run {plan.run_id} planned on top of run {plan.parent_run_id}, but {location} has no "
             "committed state any more; start a new run"
         )
-    manifest = parse_manifest(stored.data, location)
+    if stored.manifest is None:
+        raise stored.error or StateCorruptError(f"the manifest in {location} is unreadable")
+    manifest = stored.manifest
     if manifest.run_id != plan.parent_run_id or manifest.content_hash != plan.parent_content_hash:
         raise StateConflictError(
             f"run {plan.run_id} planned on top of run {plan.parent_run_id}, but run "
             f"{manifest.run_id} has committed since; start a new run"
         )
-    return Parent(manifest, stored.version)
-
-
-def _parses(stored: StoredObject) -> bool:
-    try:
-        parse_manifest(stored.data, "")
-    except StateCorruptError:
-        return False
-    return True
+    return Parent(manifest, stored.data.version)
 
 
 async def _read_inputs(store: Store, plan: PlanDocument, progress: Progress) -> RunInputs:

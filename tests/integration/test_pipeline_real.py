@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
 from metatide.extractor.errors import (
@@ -47,6 +46,7 @@ from tests.services import (
     require_s3,
     s3_settings,
 )
+from tests.services import execute_sql as sql
 
 pytestmark = pytest.mark.integration
 
@@ -70,17 +70,6 @@ def bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     name = fresh_bucket("pipeline")
     yield name
     delete_bucket(name)
-
-
-def sql(dsn: str, script: str) -> None:
-    async def apply() -> None:
-        connection = await asyncpg.connect(dsn)
-        try:
-            await connection.execute(script)
-        finally:
-            await connection.close()
-
-    asyncio.run(apply())
 
 
 def s3_spec(

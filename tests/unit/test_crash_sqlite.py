@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,12 +10,8 @@ import pytest
 from metatide.extractor.spec import ExtractionSpec
 from tests.crash_checks import check_recovery, crash_in_child, crash_in_process
 from tests.faults import CRASH_POINTS, CrashPoint
+from tests.harness import execute_sqlite as execute
 from tests.harness import make_spec
-
-
-def execute(database: Path, script: str) -> None:
-    with sqlite3.connect(database) as connection:
-        connection.executescript(script)
 
 
 @pytest.mark.crash

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -25,11 +24,7 @@ from tests.harness import (
     run_pipeline,
     with_fields,
 )
-
-
-def execute(database: Path, script: str) -> None:
-    with sqlite3.connect(database) as connection:
-        connection.executescript(script)
+from tests.harness import execute_sqlite as execute
 
 
 @pytest.fixture
