@@ -1,15 +1,15 @@
 """The Helm chart: lints, renders, and grants exactly the least privilege the operator needs.
 
-Runs the real `helm` (built by the e2e harness, `e2e/cluster build`) and inspects what
-`helm template` renders: the operator Deployment's command and hardening, the RBAC rules in both
-watch modes (all namespaces: one ClusterRole; listed namespaces: a Role per namespace), the Job
-ServiceAccount without a token or any binding, the metrics Service, and the CRD, which must be
-the repository's generated file. A missing helm fails the tests: it never skips.
+Runs the real `helm` (built by `e2e/cluster build`, or by this module's fixture when missing)
+and inspects what `helm template` renders: the operator Deployment's command and hardening, the
+RBAC rules in both watch modes (all namespaces: one ClusterRole; listed namespaces: a Role per
+namespace), the Job ServiceAccount without a token or any binding, the metrics Service, and the
+CRD, which must be the repository's generated file. A helm that cannot be built fails the
+tests: they never skip.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -18,10 +18,12 @@ from typing import Any
 
 import pytest
 import yaml
+from localkube.build import BuildError, build_helm
+from localkube.settings import HELM_VERSION, layout
 
 from metatide.operator import crd
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "metatide"
 CHART_CRD_COPY = CHART / "files" / f"{crd.CRD_NAME}.yaml"
 RELEASE = "metatide"
@@ -49,28 +51,18 @@ CRD_RULES = _rules(("apiextensions.k8s.io", "customresourcedefinitions", "get li
 NAMESPACE_OBSERVER_RULES = _rules(("", "namespaces", "list watch"))
 
 
-def _helm_path() -> Path:
-    """The harness's helm binary (e2e/localkube/settings.py knows where it is cached)."""
-    settings_file = REPO / "e2e" / "localkube" / "settings.py"
-    spec = importlib.util.spec_from_file_location("_metatide_e2e_settings", settings_file)
-    assert spec is not None, settings_file
-    assert spec.loader is not None, settings_file
-    settings = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = settings  # its dataclasses resolve annotations through it
-    spec.loader.exec_module(settings)
-    return Path(settings.layout().helm)
-
-
 @pytest.fixture(scope="module")
 def helm() -> Path:
-    path = _helm_path()
-    if not path.is_file():
-        pytest.fail(
-            f"helm is not built ({path} is missing); run `e2e/cluster build` (builds helm "
-            "v3.22.0 from the Go module proxy once, then caches it)",
-            pytrace=False,
-        )
-    return path
+    """The harness's helm, built here from the Go module proxy if ``e2e/cluster build`` has not."""
+    where = layout()
+    if not where.helm.is_file():
+        log = where.cache / "build.log"
+        print(f"building helm {HELM_VERSION} for the chart tests (log {log})", file=sys.stderr)
+        try:
+            build_helm(where, log)
+        except BuildError as exc:
+            pytest.fail(f"helm could not be built: {exc}", pytrace=False)
+    return where.helm
 
 
 def run_helm(helm: Path, *args: str) -> str:
