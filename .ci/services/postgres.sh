@@ -61,6 +61,18 @@ ensure_installed() {
     [[ -x "$PG_BIN/postgres" ]] || die "postgresql-$PG_MAJOR installed but $PG_BIN/postgres is missing"
 }
 
+# The tests of session-independent fingerprints set lc_monetary to this locale on the reading
+# role; the server can only use locales the system has generated.
+readonly TEST_LOCALE="de_DE.UTF-8"
+
+ensure_test_locale() {
+    locale -a 2>/dev/null | grep -qix 'de_DE.utf8' && return 0
+    [[ $EUID -eq 0 ]] || die "locale $TEST_LOCALE is missing; as root: localedef -i de_DE -f UTF-8 $TEST_LOCALE"
+    [[ -f /usr/share/i18n/locales/de_DE ]] || apt_install locales
+    log "generating the locale $TEST_LOCALE (tests set lc_monetary to it)"
+    localedef -i de_DE -f UTF-8 "$TEST_LOCALE"
+}
+
 running() {
     [[ -f "$DATA_DIR/PG_VERSION" ]] && as_pg "$PG_BIN/pg_ctl" status -D "$DATA_DIR" >/dev/null 2>&1
 }
@@ -111,6 +123,7 @@ EOF
 
 cmd_start() {
     ensure_installed
+    ensure_test_locale
     if running; then
         log "already running ($DATA_DIR)"
     else

@@ -16,11 +16,14 @@ Choices worth knowing:
   composite types and TOAST tables are not. System schemas (pg_catalog, information_schema,
   pg_toast, pg_temp_N, pg_toast_temp_N) are left out.
 - Every read runs in a read-only REPEATABLE READ transaction that first pins search_path to
-  '' and the output styles (DateStyle, IntervalStyle, extra_float_digits, bytea_output,
-  TimeZone) for that transaction only: `format_type`, `pg_get_expr` and `pg_get_viewdef`
-  then print schema-qualified names and constants the same way whatever the role's
-  settings, so fingerprints do not flip between sessions. (Per transaction rather than as
-  startup parameters, so connection poolers such as PgBouncer accept it.)
+  '' and every setting that changes how names and constants print (DateStyle,
+  IntervalStyle, extra_float_digits, bytea_output, TimeZone, quote_all_identifiers,
+  standard_conforming_strings, lc_monetary, lc_numeric) for that transaction only:
+  `format_type`, `pg_get_expr` and `pg_get_viewdef` then print schema-qualified names and
+  constants the same way whatever the role's settings, so fingerprints do not flip between
+  sessions (tests/integration/test_session_settings.py sets each one on the reading role).
+  (Per transaction rather than as startup parameters, so connection poolers such as
+  PgBouncer accept it.)
 - `tables()` reads `_RELATIONS_PER_READ` relations per transaction, because
   `pg_get_viewdef` holds a lock on every relation a view reads until the transaction ends
   and the server's lock table is shared and small. A relation dropped while a listing runs
@@ -95,6 +98,10 @@ SELECT pg_catalog.set_config('search_path', '', true),
        pg_catalog.set_config('extra_float_digits', '1', true),
        pg_catalog.set_config('bytea_output', 'hex', true),
        pg_catalog.set_config('TimeZone', 'UTC', true),
+       pg_catalog.set_config('quote_all_identifiers', 'off', true),
+       pg_catalog.set_config('standard_conforming_strings', 'on', true),
+       pg_catalog.set_config('lc_monetary', 'C', true),
+       pg_catalog.set_config('lc_numeric', 'C', true),
        pg_catalog.set_config('jit', 'off', true),
        pg_catalog.set_config('work_mem', '64MB', true),
        pg_catalog.set_config('lock_timeout', '30s', true),
