@@ -10,6 +10,10 @@ like a second process); `tests/integration/test_s3_store.py` runs the same check
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -225,3 +229,44 @@ class TestLocalStore(StoreContract):
         assert run(store.replace_if_match("manifest.json", b"v2", version))
         (tmp_path / "store" / ".tmp-leftover").write_bytes(b"crash debris")
         assert run(listing(store, "")) == {"manifest.json": 2}
+
+    @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+    def test_files_get_the_mode_the_umask_allows(
+        self, tmp_path: Path, umask: int, mode: int
+    ) -> None:
+        """Another user (a BI tool, a sidecar) reads the state as the umask allows, whatever
+        mode the temporary file had; the umask is read when the module loads, so each case
+        runs in a fresh interpreter."""
+        root = tmp_path / f"umask-{umask:o}"
+        script = (
+            "import asyncio, os, sys\n"
+            f"os.umask({umask})\n"
+            "from metatide.extractor.storage import LocalStore\n"
+            "store = LocalStore(__import__('pathlib').Path(sys.argv[1]))\n"
+            "asyncio.run(store.put('a/b.parquet', b'x'))\n"
+            "asyncio.run(store.put_if_absent('lease.json', b'x'))\n"
+            "v = asyncio.run(store.get('lease.json')).version\n"
+            "asyncio.run(store.replace_if_match('lease.json', b'y', v))\n"
+        )
+        subprocess.run(
+            [sys.executable, "-c", script, str(root)],
+            check=True,
+            env={**os.environ, "PYTHONSAFEPATH": "1"},
+        )
+        for key in ("a/b.parquet", "lease.json"):
+            assert stat.S_IMODE((root / key).stat().st_mode) == mode, key
+
+    def test_deleting_the_last_keys_removes_emptied_folders(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        run(store.put("runs/r1/plan/batches/batch-0.parquet", b"1"))
+        run(store.put("runs/r1/summary.json", b"2"))
+        run(store.put("runs/r2/summary.json", b"3"))
+        run(store.delete(["runs/r1/plan/batches/batch-0.parquet", "runs/r1/summary.json"]))
+        assert not (tmp_path / "store" / "runs" / "r1").exists()
+        assert (tmp_path / "store" / "runs" / "r2").is_dir()
+        run(store.delete(["runs/r2/summary.json"]))
+        assert not (tmp_path / "store" / "runs").exists()
+        assert (tmp_path / "store").is_dir()  # never the root itself
+        run(store.put("runs/r3/summary.json", b"4"))  # and writing below it again works
+        assert run(store.get("runs/r3/summary.json")).data == b"4"
