@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     """Import metatide, run one phase, print the timings and the summary."""
     args = _arguments(argv)
     before_import = time.perf_counter()
+    from metatide.extractor import logs
     from metatide.extractor.ids import parse_run_id
     from metatide.extractor.phases.finalize import finalize
     from metatide.extractor.phases.run import run
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     from metatide.extractor.storage import open_store
 
     imported = time.perf_counter()
+    logs.configure("WARNING")  # the phases' info events would only slow the figures down
     spec = load_spec_file(args.spec)
     store = open_store(spec)
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ each in a fresh process so that its peak RSS is its own:
   a. full run (empty store)                 target <= 10 s, peak RSS <= 500 MiB
   b. no-change run                          target <= 3 s, nothing but the manifest written
   c. 1 % of the tables altered (ADD COLUMN) target <= 4 s, <= 5 % of the state's bytes written
+  v. no-change run that verifies every file (state.verifyEveryRuns due): what the periodic
+     audit costs; a and b must not read the column files of untouched buckets
 
 once through the CLI (``metatide run --config spec.json``, the headline: what users run)
 and once through the API (``metatide.extractor.phases.run.run`` in ``bench/_runner.py``,
@@ -327,7 +329,11 @@ async def restore(admin_dsn: str) -> int:
 
 
 def write_spec(
-    path: Path, store_dir: Path, temp_dir: Path, tables_per_bucket: int | None = None
+    path: Path,
+    store_dir: Path,
+    temp_dir: Path,
+    tables_per_bucket: int | None = None,
+    verify_every_runs: int | None = None,
 ) -> None:
     """The spec: PostgreSQL source (DSN from the environment), local store, spec defaults."""
     document: dict[str, Any] = {
@@ -337,8 +343,13 @@ def write_spec(
         "storage": {"url": f"file://{store_dir}"},
         "duckdb": {"tempDirectory": str(temp_dir / "duckdb")},
     }
+    state: dict[str, int] = {}
     if tables_per_bucket is not None:
-        document["state"] = {"tablesPerBucket": tables_per_bucket}
+        state["tablesPerBucket"] = tables_per_bucket
+    if verify_every_runs is not None:
+        state["verifyEveryRuns"] = verify_every_runs
+    if state:
+        document["state"] = state
     path.write_text(json.dumps(document, indent=1))
 
 
@@ -386,6 +397,9 @@ def measure(mode: str, spec_path: Path, workdir: Path, env: dict[str, str]) -> d
         "durations": summary.get("durations_seconds", {}),
         "tables": summary.get("tables", {}),
         "summary_state_bytes_written": summary.get("state_bytes_written"),
+        "bytes_read": sum(summary.get("bytes_read", {}).values()),
+        "bytes_read_by_phase": summary.get("bytes_read", {}),
+        "state_verified": summary.get("state_verified"),
     }
 
 
@@ -415,12 +429,14 @@ def run_scenarios(
 ) -> list[dict[str, Any]]:
     """a, b, c for one mode, in a fresh store; the catalog is restored afterwards."""
     base = Path(tempfile.mkdtemp(prefix=f"metatide-bench-pg-{mode}-"))
-    spec_path = base / "spec.json"
-    write_spec(spec_path, base / "store", base, tables_per_bucket)
+    specs = {"default": base / "spec.json", "verifying": base / "spec-verifying.json"}
+    write_spec(specs["default"], base / "store", base, tables_per_bucket)
+    write_spec(specs["verifying"], base / "store", base, tables_per_bucket, verify_every_runs=1)
     env = child_env({DSN_ENV: dsn_for(admin_dsn, DATABASE)})
     rows = []
     try:
-        for scenario in ("a_full", "b_no_change", "c_one_percent"):
+        for scenario in ("a_full", "b_no_change", "v_verifying", "c_one_percent"):
+            spec_path = specs["verifying" if scenario == "v_verifying" else "default"]
             altered: list[str] = []
             if scenario == "c_one_percent":
                 count = max(1, layout.relations // 100)
@@ -450,8 +466,12 @@ def _check(row: dict[str, Any], layout: Layout) -> None:
         and sum(tables.get(s, 0) for s in ("CREATED", "BACKFILL")) != layout.relations
     ):
         raise RuntimeError(f"full run classified {tables}, expected {layout.relations} new tables")
-    if row["scenario"] == "b_no_change" and tables.get("NO CHANGE") != layout.relations:
+    if row["scenario"] in ("b_no_change", "v_verifying") and (
+        tables.get("NO CHANGE") != layout.relations
+    ):
         raise RuntimeError(f"no-change run classified {tables}")
+    if row["scenario"] == "v_verifying" and not row["state_verified"]:
+        raise RuntimeError("the verifying run did not verify the state")
     if row["scenario"] == "c_one_percent" and tables.get("UPDATED") != row["altered"]:
         raise RuntimeError(f"1 % run classified {tables}, expected {row['altered']} UPDATED")
 
@@ -462,7 +482,8 @@ def _one_line(row: dict[str, Any]) -> str:
         f"  #{row['repetition']} {row['mode']:3} {row['scenario']:14} "
         f"wall {row['wall_seconds']:6.2f} s"
         f"  rss {row['peak_rss_mib']:6.0f} MiB  wrote {human_bytes(row['written_bytes'])} "
-        f"({row['written_pct']:.2f} % of {human_bytes(row['state_bytes'])})  [{durations}]"
+        f"({row['written_pct']:.2f} % of {human_bytes(row['state_bytes'])}), "
+        f"read {human_bytes(row['bytes_read'])}  [{durations}]"
     )
 
 
@@ -481,6 +502,7 @@ def report(rows: Sequence[dict[str, Any]], startup: dict[str, float]) -> dict[st
                 "written",
                 "state",
                 "% written",
+                "read",
                 "plan s",
                 "columns s",
                 "finalize s",
@@ -497,6 +519,7 @@ def report(rows: Sequence[dict[str, Any]], startup: dict[str, float]) -> dict[st
                     human_bytes(r["written_bytes"]),
                     human_bytes(r["state_bytes"]),
                     r["written_pct"],
+                    human_bytes(r["bytes_read"]),
                     r["durations"].get("plan", 0.0),
                     r["durations"].get("columns", 0.0),
                     r["durations"].get("finalize", 0.0),
@@ -608,7 +631,8 @@ def main(argv: list[str] | None = None) -> None:
                 "notes": "headline = CLI wall time (process start + imports + run); "
                 "bytes written = current-state files new or rewritten by the run "
                 "(manifest included); "
-                "state bytes = sum of the sizes the committed manifest lists",
+                "state bytes = sum of the sizes the committed manifest lists; "
+                "read = bytes plan and finalize read from the store (summary.bytes_read)",
             },
         )
         print(f"\nwrote {path}")

@@ -436,8 +436,24 @@ def test_a_killed_operator_resumes_the_run_once(
         ({"schedule": {"cron": "every minute"}}, "cron"),
         ({"source": {"kind": "mysql"}}, "mysql"),
         ({"columns": {"batchSize": -1}}, "batchSize"),
+        (
+            {
+                "marker": {
+                    "format": "%Y-%m-%dT%H:%M:%SZ'; drop table x; --",
+                    "default": "1970-01-01T00:00:00Z'; drop table x; --",
+                }
+            },
+            "marker.format",
+        ),
+        ({"marker": {"format": "%Y-%m-%d", "default": "1970-01-01"}}, "%H"),
     ],
-    ids=["bad-cron", "unknown-source-kind", "negative-batch-size"],
+    ids=[
+        "bad-cron",
+        "unknown-source-kind",
+        "negative-batch-size",
+        "marker-format-with-sql",
+        "marker-format-without-time",
+    ],
 )
 def test_invalid_resources_are_rejected_by_the_api_server(
     cluster: Cluster, world: JSON, change: JSON, expected: str

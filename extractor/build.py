@@ -15,7 +15,6 @@ from typing import Literal
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from metatide.extractor import duck
 from metatide.extractor.diff import EntityDiff, column_reasons, entity_diff, scope_reasons
@@ -27,7 +26,15 @@ from metatide.extractor.records import COLUMN_SCHEMA, KEY_COLUMNS, SCHEMAS, TABL
 from metatide.extractor.runfiles import PlanDocument
 from metatide.extractor.scope import Scope
 from metatide.extractor.spec import ExtractionSpec
-from metatide.extractor.state import describe, encode_parquet, fetch_verified, state_key
+from metatide.extractor.state import (
+    BadFile,
+    Fetched,
+    describe,
+    encode_parquet,
+    fetch_files,
+    fetch_verified,
+    state_key,
+)
 from metatide.extractor.storage import Store
 
 Layer = Literal["base", "delta"]
@@ -53,6 +60,18 @@ class Built:
     diffs: dict[Entity, EntityDiff]
     fresh_columns: int
     bytes_written: int
+    skipped: list[BadFile]
+    """Damaged files of the previous state a full extraction left out of its diff's baseline."""
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnCounts:
+    """Column rows that decide the new logical count without reading untouched buckets."""
+
+    fresh: int
+    """Columns extracted by this run."""
+    replaced: int
+    """Previous columns of the tables this run re-extracted or deleted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +92,17 @@ async def build_state(
     previous: Manifest | None,
     inputs: RunInputs,
 ) -> Built:
-    """Write the new state files of a run and return its manifest (not yet committed)."""
+    """Write the new state files of a run and return its manifest (not yet committed).
+
+    An incremental run reads the previous files of the buckets it touches and fails on any
+    damage. A full extraction rewrites every file from the source, so it reads the previous
+    files only to diff against them and skips damaged ones (`Built.skipped`).
+    """
     buckets = _choose_buckets(spec, previous, inputs)
     connection = duck.connect(spec.duckdb)
     try:
-        await _register(connection, store, workdir, previous, inputs, buckets)
-        files, diffs = await asyncio.to_thread(_compute, connection, spec, inputs)
+        skipped = await _register(connection, store, workdir, previous, inputs, buckets)
+        files, diffs, counts = await asyncio.to_thread(_compute, connection, spec, inputs)
     finally:
         connection.close()
     refs, written = await _write_files(store, run_id, previous, buckets, files)
@@ -87,9 +111,12 @@ async def build_state(
         ("schema", inputs.schemas),
     )
     for entity, listing in small:
-        ref, size = await _write_small(store, entity, run_id, listing, previous)
+        reusable = None if inputs.plan.full_extraction else previous
+        ref, size = await _write_small(store, entity, run_id, listing, reusable)
         refs[entity] = [ref]
         written += size
+    sequence = previous.sequence + 1 if previous else 1
+    everything_verified = not buckets.same_layout or inputs.plan.verified_all
     manifest = Manifest(
         run_id=run_id,
         parent_run_id=previous.run_id if previous else None,
@@ -97,14 +124,40 @@ async def build_state(
         committed_at=datetime.now(UTC),
         bucket_count=inputs.plan.bucket_count,
         files=refs,
+        sequence=sequence,
+        verified_sequence=(
+            sequence if everything_verified or previous is None else previous.verified_sequence
+        ),
+        logical_rows={
+            "database": inputs.databases.num_rows,
+            "schema": inputs.schemas.num_rows,
+            "table": inputs.planned.num_rows,
+            "column": _logical_columns(previous, buckets, files, counts),
+        },
     ).sealed()
-    fresh = int(pc.sum(pc.equal(inputs.fresh.column("row_kind"), "column")).as_py() or 0)
-    return Built(manifest, diffs, fresh, written)
+    return Built(manifest, diffs, counts.fresh, written, skipped)
+
+
+def _logical_columns(
+    previous: Manifest | None, buckets: Buckets, files: NewFiles, counts: ColumnCounts
+) -> int:
+    """Columns a reader of the new state sees, from counts this run has anyway."""
+    if not buckets.same_layout or previous is None or previous.logical_rows is None:
+        rewritten: int = files.base_columns.rows.num_rows  # every bucket is a new base file
+        return rewritten
+    return previous.logical_rows["column"] - counts.replaced + counts.fresh
 
 
 def _choose_buckets(spec: ExtractionSpec, previous: Manifest | None, inputs: RunInputs) -> Buckets:
+    """Which buckets change; everything is rewritten on a full extraction, a new bucket count,
+    or a manifest migrated from v2 (whose logical row counts are unknown)."""
     count = inputs.plan.bucket_count
-    if previous is None or previous.bucket_count != count:
+    if (
+        previous is None
+        or previous.bucket_count != count
+        or previous.logical_rows is None
+        or inputs.plan.full_extraction
+    ):
         everything = list(range(count))
         return Buckets(False, everything, everything, [])
     changed = inputs.planned.filter(inputs.planned.column("needs_columns")).column("bucket")
@@ -130,7 +183,8 @@ async def _register(
     previous: Manifest | None,
     inputs: RunInputs,
     buckets: Buckets,
-) -> None:
+) -> list[BadFile]:
+    """Register the run's inputs and the previous files it reads; returns the skipped ones."""
     for name, table in (
         ("planned", inputs.planned),
         ("deleted", inputs.deleted),
@@ -141,6 +195,8 @@ async def _register(
         ("delta_buckets", pa.table({"bucket": pa.array(buckets.delta, pa.int32())})),
     ):
         connection.register(name, table)
+    full = inputs.plan.full_extraction
+    skipped: list[BadFile] = []
     wanted = set(buckets.touched) if buckets.same_layout else None
     bucketed: tuple[Entity, ...] = ("table", "column")
     for entity in bucketed:
@@ -149,23 +205,34 @@ async def _register(
             for ref in (previous.files[entity] if previous else [])
             if wanted is None or ref.bucket in wanted
         ]
-        paths = await fetch_verified(store, refs, workdir)
-        register_previous(connection, entity, list(zip(refs, paths, strict=True)))
+        fetched = await _fetch(store, refs, workdir, tolerant=full)
+        skipped += fetched.bad
+        register_previous(connection, entity, fetched.files)
     listed: tuple[tuple[Entity, str], ...] = (
         ("database", "previous_databases"),
         ("schema", "previous_schemas"),
     )
     for entity, name in listed:
         refs = previous.files[entity] if previous else []
-        paths = await fetch_verified(store, refs, workdir)
+        fetched = await _fetch(store, refs, workdir, tolerant=full)
+        skipped += fetched.bad
+        paths = [path for _, path in fetched.files]
         duck.register_files(connection, name, paths, SCHEMAS[entity].empty_table())
     create_logical_views(connection)
     create_views(connection)
+    return skipped
+
+
+async def _fetch(store: Store, refs: list[FileRef], workdir: Path, *, tolerant: bool) -> Fetched:
+    if tolerant:
+        return await fetch_files(store, refs, workdir)
+    paths = await fetch_verified(store, refs, workdir)
+    return Fetched(list(zip(refs, paths, strict=True)), [])
 
 
 def _compute(
     connection: duckdb.DuckDBPyConnection, spec: ExtractionSpec, inputs: RunInputs
-) -> tuple[NewFiles, dict[Entity, EntityDiff]]:
+) -> tuple[NewFiles, dict[Entity, EntityDiff], ColumnCounts]:
     files = new_files(connection)
     connection.execute(
         f"CREATE OR REPLACE TEMP VIEW diff_new_tables AS SELECT {', '.join(TABLE_SCHEMA.names)} "
@@ -183,7 +250,16 @@ def _compute(
         "CREATE OR REPLACE TEMP VIEW diff_old_columns AS SELECT "
         f"{', '.join(COLUMN_SCHEMA.names)} FROM old_columns SEMI JOIN changed USING ({TABLE_KEYS})"
     )
-    return files, _diffs(connection, Scope(spec.source.scope), inputs)
+    counts = ColumnCounts(
+        fresh=_count(connection, "diff_new_columns"),
+        replaced=_count(connection, "diff_old_columns"),
+    )
+    return files, _diffs(connection, Scope(spec.source.scope), inputs), counts
+
+
+def _count(connection: duckdb.DuckDBPyConnection, view: str) -> int:
+    found = connection.execute(f"SELECT count(*) FROM {view}").fetchone()
+    return int(found[0]) if found else 0
 
 
 def _diffs(
@@ -265,7 +341,11 @@ async def _write_layer(
 async def _write_small(
     store: Store, entity: Entity, run_id: RunId, listing: pa.Table, previous: Manifest | None
 ) -> tuple[FileRef, int]:
-    """Databases and schemas are one file each, rewritten only when their content changed."""
+    """Databases and schemas are one file each, rewritten only when their content changed.
+
+    `previous` is None on a full extraction: it writes every file anew and lists no old one
+    (an old file may be the damaged one it is recovering from).
+    """
     data = encode_parquet(listing.cast(SCHEMAS[entity]))
     ref = describe(state_key(entity, run_id), data, listing.num_rows)
     for old in previous.files[entity] if previous is not None else []:

@@ -22,7 +22,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from metatide.extractor import faults, logs
-from metatide.extractor.errors import EXIT_UNEXPECTED, MetatideError, SpecError
+from metatide.extractor.errors import EXIT_TERMINAL, EXIT_UNEXPECTED, MetatideError, SpecError
 from metatide.extractor.ids import RunId, parse_run_id
 from metatide.extractor.progress import NoProgress, Progress
 from metatide.extractor.spec import ExtractionSpec, load_spec_file, load_spec_json
@@ -272,6 +272,26 @@ def run(
         return finalize_result(summary)
 
     _execute(work)
+
+
+@app.command()
+def verify(config: ConfigOption = None) -> None:
+    """Check every file of the committed state against its manifest; exit 3 if one is damaged."""
+    from metatide.extractor.storage import open_store
+    from metatide.extractor.verify import verify_state
+
+    logs.configure(os.environ.get("METATIDE_LOG_LEVEL", "INFO"))
+    try:
+        spec = _load_spec(config)
+        report = asyncio.run(verify_state(open_store(spec)))
+    except MetatideError as exc:
+        logs.log.error("failed", error=type(exc).__name__, message=str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    for bad in report.bad:
+        logs.log.error("damaged_state_file", key=bad.key, problem=bad.problem)
+    print(report.to_json(), flush=True)
+    if not report.ok:
+        raise typer.Exit(EXIT_TERMINAL)
 
 
 @app.command()

@@ -12,7 +12,9 @@ controller retry a transient one.
     │   │   └── UnknownDatabaseError      (sources/postgres.py) a named database does not exist
     │   ├── CredentialsError          a referenced secret is missing or refused
     │   ├── StateCorruptError         the stored state fails its checksums or cannot be read
+    │   ├── NewerStateFormatError     the state was written by a newer metatide (upgrade)
     │   ├── StateConflictError        another run committed since this run planned
+    │   ├── LeaseLostError            another run took over this run's lease
     │   ├── MassDeleteRefusedError    the mass-delete guard stopped the run
     │   └── IncompleteRunError        a phase's inputs are missing (run the earlier phase)
     └── RetryableError                exit 75: transient; the same call may succeed later
@@ -64,8 +66,16 @@ class StateCorruptError(TerminalError):
     """The committed state cannot be trusted: a checksum differs or a document does not parse."""
 
 
+class NewerStateFormatError(TerminalError):
+    """The committed state is in a format a newer metatide wrote: upgrade, never overwrite it."""
+
+
 class StateConflictError(TerminalError):
     """The committed state moved under a run (another run committed after this one planned)."""
+
+
+class LeaseLostError(TerminalError):
+    """Another run took over this run's lease (it expired, or the run was declared dead)."""
 
 
 class MassDeleteRefusedError(TerminalError):

@@ -8,6 +8,11 @@ intact, and files of an uncommitted run are simply garbage.
 The document is versioned: `format_version` says how it was written and `upgrade` migrates an
 old document one version at a time (tests keep frozen fixtures of every version). A
 `content_hash` over the canonical JSON detects a damaged or hand-edited manifest.
+
+Besides the file list it carries what a reader would otherwise have to compute by reading
+every file: `logical_rows`, the rows a reader of the state sees per entity (a bucket's base
+rows overridden by its delta), and `sequence` / `verified_sequence`, which let a run decide
+cheaply whether it is due to verify every listed file (`state.verifyEveryRuns`).
 """
 
 from __future__ import annotations
@@ -21,11 +26,11 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from metatide.extractor.errors import StateCorruptError
+from metatide.extractor.errors import NewerStateFormatError, StateCorruptError
 from metatide.extractor.ids import ENTITIES, Entity, RunId
 
 MANIFEST_KEY: Final = "current-state/_manifest.json"
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 
 
 def _v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
@@ -38,9 +43,22 @@ def _v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+def _v2_to_v3(document: dict[str, Any]) -> dict[str, Any]:
+    """v3 adds the commit sequence, the last fully verified sequence and logical row counts.
+
+    A v2 manifest knows none of them: its sequence counts from 0, it was never verified, and
+    its logical rows are unknown (the next run computes them by reading the state once).
+    """
+    document.setdefault("sequence", 0)
+    document.setdefault("verified_sequence", 0)
+    document.setdefault("logical_rows", None)
+    return document
+
+
 _MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     # version n -> n + 1; add one function per format change, never edit an old one.
     1: _v1_to_v2,
+    2: _v2_to_v3,
 }
 
 
@@ -74,11 +92,22 @@ class Manifest(BaseModel):
     committed_at: datetime
     bucket_count: int = Field(ge=1)
     files: dict[Entity, list[FileRef]]
+    sequence: int = Field(default=1, ge=0)
+    """Commits of this connection up to and including this one (0: migrated from v2)."""
+    verified_sequence: int = Field(default=0, ge=0)
+    """The newest commit whose run read and verified every file this manifest lists (a full
+    extraction writes them all anew, so it counts)."""
+    logical_rows: dict[Entity, int] | None = None
+    """Rows a reader of the state sees, per entity; None only when migrated from v2."""
     content_hash: str = ""
 
-    def rows(self, entity: Entity) -> int:
-        """Rows of an entity in the committed state."""
+    def physical_rows(self, entity: Entity) -> int:
+        """Rows stored in an entity's files: base and delta rows together (not what readers see)."""
         return sum(ref.rows for ref in self.files.get(entity, []))
+
+    def runs_since_verified(self) -> int:
+        """Commits since every listed file was last verified."""
+        return self.sequence - self.verified_sequence
 
     def layer(self, entity: Entity, layer: Literal["base", "delta"]) -> dict[int, FileRef]:
         """The base (or delta) files of a bucketed entity by bucket number."""
@@ -116,7 +145,11 @@ def _document_hash(document: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-_ADVICE = "run once with forceFullExtraction: true to rebuild the state from the source"
+REBUILD_ADVICE: Final = (
+    "run once with forceFullExtraction: true (CLI: --force-full) to rebuild the state from the "
+    "source; it needs no old state file"
+)
+_ADVICE = REBUILD_ADVICE
 
 
 def upgrade(document: dict[str, Any], location: str = "the store") -> dict[str, Any]:
@@ -127,7 +160,7 @@ def upgrade(document: dict[str, Any], location: str = "the store") -> dict[str, 
             f"the manifest in {location} has no valid format_version (got {version!r}); {_ADVICE}"
         )
     if version > FORMAT_VERSION:
-        raise StateCorruptError(
+        raise NewerStateFormatError(
             f"manifest format_version {version} was written by a newer metatide (this one reads "
             f"up to {FORMAT_VERSION}); upgrade metatide"
         )
@@ -138,8 +171,12 @@ def upgrade(document: dict[str, Any], location: str = "the store") -> dict[str, 
     return document
 
 
-def parse_manifest(data: bytes, location: str) -> Manifest:
-    """Decode, migrate and verify a stored manifest; any doubt is a StateCorruptError."""
+def parse_manifest(data: bytes, location: str, *, check_hash: bool = True) -> Manifest:
+    """Decode, migrate and verify a stored manifest; any doubt is a StateCorruptError.
+
+    `check_hash=False` skips only the document's own checksum: a full extraction uses a damaged
+    manifest's file list, verifying each file on its own (see `baseline`).
+    """
     advice = _ADVICE
     try:
         document = json.loads(data)
@@ -156,7 +193,7 @@ def parse_manifest(data: bytes, location: str) -> Manifest:
         ) from exc
     stored_hash = document.get("content_hash")
     expected = _document_hash(document)
-    if stored_hash != expected:
+    if check_hash and stored_hash != expected:
         raise StateCorruptError(
             f"the manifest in {location} fails its checksum (content_hash "
             f"{str(stored_hash or 'missing')[:12]}…, computed {expected[:12]}…); {advice}"

@@ -24,13 +24,15 @@ def format_marker(moment: datetime, fmt: str = ISO_FORMAT) -> str:
 
 
 def parse_marker(text: str, fmt: str = ISO_FORMAT) -> datetime:
-    """Parse a stored marker; a bad one is corruption, not a reason to extract nothing."""
+    """Parse a marker as marker.txt holds it (for its consumers: metatide itself reads the
+    marker from the manifest, never from marker.txt); a bad one is corruption."""
     try:
         return datetime.strptime(text.strip(), fmt).replace(tzinfo=UTC)
     except ValueError as exc:
         raise StateCorruptError(
-            f"marker {text.strip()!r} does not match the format {fmt!r}; fix marker.txt or run "
-            "with forceFullExtraction"
+            f"marker text {text.strip()!r} does not match marker.format {fmt!r}; metatide keeps "
+            "its marker in current-state/_manifest.json and rewrites marker.txt from it after "
+            "every commit"
         ) from exc
 
 

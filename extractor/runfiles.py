@@ -25,7 +25,7 @@ TableState = Literal["CREATED", "UPDATED", "NO CHANGE", "BACKFILL"]
 TABLE_STATES: Final[tuple[TableState, ...]] = ("CREATED", "UPDATED", "NO CHANGE", "BACKFILL")
 DeleteReason = Literal["dropped", "out_of_scope"]
 
-PLAN_FORMAT_VERSION: Final = 1
+PLAN_FORMAT_VERSION: Final = 2
 
 PLANNED_TABLE_SCHEMA = (
     TABLE_SCHEMA.append(pa.field("state", pa.string(), nullable=False))
@@ -68,8 +68,12 @@ def summary_key(run_id: RunId) -> str:
     return f"runs/{run_id}/summary.json"
 
 
+HISTORY_MANIFEST_NAME: Final = "manifest.json"
+"""Each committed run keeps a copy of its manifest in its runs/ folder."""
+
+
 def history_manifest_key(run_id: RunId) -> str:
-    return f"runs/{run_id}/manifest.json"
+    return f"runs/{run_id}/{HISTORY_MANIFEST_NAME}"
 
 
 class PlanDocument(BaseModel):
@@ -93,6 +97,19 @@ class PlanDocument(BaseModel):
     tables_to_extract: int = Field(ge=0)
     started_at: datetime
     duration_seconds: float
+    parent_manifest_sha256: str | None = None
+    """SHA-256 of the committed manifest's bytes plan saw; a full extraction commits only over
+    exactly those bytes (its parent may be unreadable, so run id and hash cannot be compared)."""
+    previous_tables: int = Field(default=0, ge=0)
+    """Tables in the previous state as readers see them (the mass-delete guard's base)."""
+    verified_all: bool = False
+    """Plan read and verified every file of the committed manifest (`state.verifyEveryRuns`)."""
+    baseline_problems: list[str] = Field(default_factory=list)
+    """What a full extraction could not read of the previous state (empty: all of it)."""
+    bytes_read: int = Field(default=0, ge=0)
+    """Bytes plan read from the store."""
+    lease_seconds: int = Field(default=300, ge=1)
+    """The lease term the later phases renew (`state.leaseSeconds` at plan)."""
 
 
 async def write_table(store: Store, key: str, table: pa.Table) -> None:

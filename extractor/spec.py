@@ -40,6 +40,14 @@ SEED_DUCKDB_MEMORY_LIMIT = "2GB"
 SEED_DUCKDB_TEMP_DIRECTORY = "/tmp/metatide/duckdb"  # noqa: S108 - the seed's default; configurable
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+MARKER_FORMAT_PATTERN = r"^(%[YmdjHMSf]|[-:._/ TZ])+$"
+"""A marker format is strftime directives and plain separators only: marker.txt is pasted
+into SQL by older consumers, so nothing else (quotes, semicolons, letters) may appear in it."""
+_MARKER_SAMPLES = (
+    datetime(1970, 1, 1, 0, 0, 0),
+    datetime(2024, 2, 29, 23, 59, 58),
+    datetime(2031, 12, 31, 9, 8, 7),
+)
 _ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
@@ -211,12 +219,48 @@ class MarkerSpec(_Model):
         "absorb clock skew and long transactions (hours).",
     )
     format: str = Field(
-        default=SEED_MARKER_FORMAT, min_length=2, description="strftime format of marker.txt."
+        default=SEED_MARKER_FORMAT,
+        min_length=2,
+        max_length=64,
+        json_schema_extra={"pattern": MARKER_FORMAT_PATTERN},
+        description="strftime format of marker.txt: only the directives %Y %m %d %j %H %M %S "
+        "%f and the separators - : . _ / space T Z, and enough of them (%Y, %m and %d or %j, "
+        "%H, %M, %S) that the text reads back as the same UTC second.",
     )
     default: str = Field(
         default=SEED_DEFAULT_MARKER,
         description="Marker assumed when no state exists yet (UTC, in `format`).",
     )
+
+    @field_validator("format")
+    @classmethod
+    def _format_round_trips(cls, value: str) -> str:
+        if not re.fullmatch(MARKER_FORMAT_PATTERN, value):
+            raise ValueError(
+                f"{value!r} may contain only the strftime directives %Y %m %d %j %H %M %S %f "
+                "and the separators - : . _ / space T Z (older consumers paste marker.txt "
+                "into SQL)"
+            )
+        missing = [d for d in ("%Y", "%H", "%M", "%S") if d not in value]
+        if not (("%m" in value and "%d" in value) or "%j" in value):
+            missing.append("%m and %d (or %j)")
+        if missing:
+            raise ValueError(
+                f"{value!r} lacks {', '.join(missing)}: a marker must read back as the same "
+                "UTC second (the seed's format is '%Y-%m-%dT%H:%M:%SZ')"
+            )
+        for moment in _MARKER_SAMPLES:
+            try:
+                back = datetime.strptime(moment.strftime(value), value)
+            except ValueError:
+                back = None
+            if back != moment:
+                raise ValueError(
+                    f"{value!r} does not read back what it writes (for {moment.isoformat()} it "
+                    f"writes {moment.strftime(value)!r}); separate the fields, e.g. "
+                    "'%Y-%m-%dT%H:%M:%SZ'"
+                )
+        return value
 
     @model_validator(mode="after")
     def _default_matches_format(self) -> MarkerSpec:
@@ -288,7 +332,21 @@ class StateSpec(_Model):
         default=10, ge=1, description="Committed runs whose runs/{id}/ folders (diffs) are kept."
     )
     lease_seconds: int = Field(
-        default=3600, ge=30, description="How long a run lease lasts without renewal (seconds)."
+        default=300,
+        ge=10,
+        le=86_400,
+        description="How long the run lease lasts without renewal (seconds). Every phase renews "
+        "it every third of this while it works, so a run keeps it however long it takes, and "
+        "the lease of a run that died frees itself after at most this long.",
+    )
+    verify_every_runs: int = Field(
+        default=24,
+        ge=0,
+        le=100_000,
+        description="Every this many runs, plan reads and verifies (SHA-256) every file the "
+        "committed manifest lists, not only the files the run needs, and fails the run if one "
+        "is damaged; 0 never does (audit with `metatide verify`). Costs one read of the whole "
+        "state per this many runs. Every run always verifies the files it reads.",
     )
 
 

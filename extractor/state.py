@@ -22,11 +22,19 @@ import pyarrow.parquet as pq
 
 from metatide.extractor.errors import StateCorruptError
 from metatide.extractor.ids import Entity, RunId
-from metatide.extractor.manifest import MANIFEST_KEY, FileRef, Manifest, parse_manifest
+from metatide.extractor.manifest import (
+    MANIFEST_KEY,
+    REBUILD_ADVICE,
+    FileRef,
+    Manifest,
+    parse_manifest,
+)
 from metatide.extractor.records import KEY_COLUMNS, SCHEMAS
 from metatide.extractor.storage import KeyNotFoundError, Store
+from metatide.extractor.storage.meter import record_read
 
 _BUCKET_DRIFT = 4  # re-bucket (full rewrite) when tables per bucket drift this far off target
+_PARALLEL_READS = 16  # state files fetched at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,34 +125,104 @@ def describe(
     )
 
 
-async def fetch_verified(store: Store, refs: Sequence[FileRef], workdir: Path) -> list[Path]:
-    """Local, checksum-verified copies of state files, for DuckDB to read."""
-    semaphore = asyncio.Semaphore(16)
+@dataclass(frozen=True, slots=True)
+class BadFile:
+    """A listed state file whose bytes are missing or differ from the manifest's record."""
 
-    async def one(ref: FileRef) -> Path:
+    key: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.problem})"
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """State files fetched for reading: verified local copies, and the files that failed."""
+
+    files: list[tuple[FileRef, Path]]
+    bad: list[BadFile]
+
+
+def corrupt_state_error(location: str, bad: Sequence[BadFile]) -> StateCorruptError:
+    """The error of a run that found committed files damaged: names them and how to recover."""
+    shown = "; ".join(map(str, bad[:5])) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+    return StateCorruptError(
+        f"{len(bad)} committed state file(s) in {location} are missing or fail their checksums: "
+        f"{shown}; {REBUILD_ADVICE} (`metatide verify` lists every damaged file)"
+    )
+
+
+async def fetch_files(store: Store, refs: Sequence[FileRef], workdir: Path) -> Fetched:
+    """Local copies of state files for DuckDB; damaged ones are reported, not returned."""
+    semaphore = asyncio.Semaphore(_PARALLEL_READS)
+
+    async def one(ref: FileRef) -> Path | BadFile:
         async with semaphore:
             return await _fetch_one(store, ref, workdir)
 
-    return list(await asyncio.gather(*(one(ref) for ref in refs)))
+    results = await asyncio.gather(*(one(ref) for ref in refs))
+    files = [(ref, r) for ref, r in zip(refs, results, strict=True) if isinstance(r, Path)]
+    return Fetched(files, [r for r in results if isinstance(r, BadFile)])
 
 
-async def _fetch_one(store: Store, ref: FileRef, workdir: Path) -> Path:
-    local = await store.local_path(ref.key)
-    if local is not None:
-        data = await asyncio.to_thread(local.read_bytes)
-    else:
+async def fetch_verified(store: Store, refs: Sequence[FileRef], workdir: Path) -> list[Path]:
+    """Local, checksum-verified copies of state files; any damaged file fails the run."""
+    fetched = await fetch_files(store, refs, workdir)
+    if fetched.bad:
+        raise corrupt_state_error(store.location, fetched.bad)
+    return [path for _, path in fetched.files]
+
+
+async def verify_files(store: Store, refs: Sequence[FileRef]) -> list[BadFile]:
+    """Check that every listed file holds exactly its recorded bytes, keeping no copy."""
+    semaphore = asyncio.Semaphore(_PARALLEL_READS)
+
+    async def one(ref: FileRef) -> BadFile | None:
+        async with semaphore:
+            data = await _read(store, ref.key)
+        return _problem(ref, data)
+
+    return [bad for bad in await asyncio.gather(*(one(ref) for ref in refs)) if bad is not None]
+
+
+async def _read(store: Store, key: str) -> bytes | None:
+    """A state file's bytes (None when absent); a local store's file is read in place."""
+    local = await store.local_path(key)
+    if local is None:
         try:
-            data = (await store.get(ref.key)).data
+            return (await store.get(key)).data
         except KeyNotFoundError:
-            data = b""
+            return None
+    try:
+        data = await asyncio.to_thread(local.read_bytes)
+    except FileNotFoundError:
+        return None
+    record_read(len(data))
+    return data
+
+
+def _problem(ref: FileRef, data: bytes | None) -> BadFile | None:
+    if data is None:
+        return BadFile(ref.key, "missing")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest == ref.sha256:
+        return None
+    if len(data) != ref.bytes:
+        return BadFile(ref.key, f"{len(data)} bytes where the manifest records {ref.bytes}")
+    return BadFile(ref.key, f"sha256 {digest[:12]}… where the manifest records {ref.sha256[:12]}…")
+
+
+async def _fetch_one(store: Store, ref: FileRef, workdir: Path) -> Path | BadFile:
+    data = await _read(store, ref.key)
+    bad = _problem(ref, data)
+    if bad is not None or data is None:
+        return bad or BadFile(ref.key, "missing")
+    local = await store.local_path(ref.key)
+    if local is None:
         local = workdir / "fetched" / ref.key
         local.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(local.write_bytes, data)
-    if hashlib.sha256(data).hexdigest() != ref.sha256:
-        raise StateCorruptError(
-            f"state file {ref.key} in {store.location} is missing or fails its checksum; run "
-            "once with forceFullExtraction: true to rebuild the state"
-        )
     return local
 
 

@@ -133,6 +133,17 @@ _CRD_ONLY: Final[Mapping[tuple[str, ...], Schema]] = {
             }
         ],
     },
+    ("marker", "format"): {
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.contains('%Y') && self.contains('%H') && self.contains('%M') && "
+                "self.contains('%S') && ((self.contains('%m') && self.contains('%d')) || "
+                "self.contains('%j'))",
+                "message": "needs %Y, %m and %d (or %j), %H, %M and %S, so a marker reads back "
+                "as the same UTC second, e.g. '%Y-%m-%dT%H:%M:%SZ'",
+            }
+        ],
+    },
     ("storage", "prefixTemplate"): {
         "maxLength": 512,
         "x-kubernetes-validations": [

@@ -17,12 +17,13 @@ import pyarrow as pa
 
 from metatide.extractor.errors import SpecError
 from metatide.extractor.ids import RunId
+from metatide.extractor.lease import kept_lease, read_plan_of_live_run
+from metatide.extractor.logs import log, phase_logging
 from metatide.extractor.records import TABLE_KEY_SCHEMA, table_to_keys
 from metatide.extractor.runfiles import (
     BATCH_SCHEMA,
     batch_request_key,
     batch_result_key,
-    read_plan,
     read_table,
     write_table,
 )
@@ -60,28 +61,40 @@ class BatchResult:
 
 async def extract_batch(store: Store, source: Source, run_id: RunId, index: int) -> BatchResult:
     """Extract one batch's columns and store them; the source is opened and closed here."""
-    started = time.monotonic()
-    plan = await read_plan(store, run_id)
-    if not 0 <= index < plan.batch_count:
-        raise SpecError(
-            f"batch {index} does not exist in run {run_id}: plan made {plan.batch_count} "
-            f"batch(es), numbered 0 to {plan.batch_count - 1}"
+    with phase_logging("columns", run_id, index):
+        started = time.monotonic()
+        plan = await read_plan_of_live_run(store, run_id)
+        if not 0 <= index < plan.batch_count:
+            raise SpecError(
+                f"batch {index} does not exist in run {run_id}: plan made {plan.batch_count} "
+                f"batch(es), numbered 0 to {plan.batch_count - 1}"
+            )
+        log.info("phase_started", batches=plan.batch_count)
+        async with kept_lease(store, run_id, plan.lease_seconds) as lease:
+            request = await read_table(
+                store, batch_request_key(run_id, index), TABLE_KEY_SCHEMA, f"batch {index} request"
+            )
+            keys = table_to_keys(request)
+            async with source:
+                result = await source.columns(keys)
+            lease.check()
+            await write_table(store, batch_result_key(run_id, index), batch_file(request, result))
+        batch = BatchResult(
+            run_id=run_id,
+            index=index,
+            tables_requested=len(keys),
+            tables_present=len(result.present),
+            columns=result.columns.num_rows,
+            duration_seconds=time.monotonic() - started,
         )
-    request = await read_table(
-        store, batch_request_key(run_id, index), TABLE_KEY_SCHEMA, f"batch {index} request"
-    )
-    keys = table_to_keys(request)
-    async with source:
-        result = await source.columns(keys)
-    await write_table(store, batch_result_key(run_id, index), batch_file(request, result))
-    return BatchResult(
-        run_id=run_id,
-        index=index,
-        tables_requested=len(keys),
-        tables_present=len(result.present),
-        columns=result.columns.num_rows,
-        duration_seconds=time.monotonic() - started,
-    )
+        log.info(
+            "phase_finished",
+            duration_seconds=round(batch.duration_seconds, 3),
+            tables_requested=batch.tables_requested,
+            tables_dropped_since_plan=batch.tables_requested - batch.tables_present,
+            columns=batch.columns,
+        )
+        return batch
 
 
 def batch_file(request: pa.Table, result: ColumnsResult) -> pa.Table:

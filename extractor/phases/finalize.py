@@ -10,6 +10,7 @@ manifest committed and only repeats the steps after the swap.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -21,13 +22,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from metatide.extractor.baseline import read_baseline
 from metatide.extractor.build import Built, RunInputs, build_state
 from metatide.extractor.diff import EntityDiff
-from metatide.extractor.errors import IncompleteRunError, StateConflictError, StateCorruptError
+from metatide.extractor.errors import (
+    IncompleteRunError,
+    LeaseLostError,
+    StateConflictError,
+    StateCorruptError,
+)
 from metatide.extractor.gc import collect_garbage
 from metatide.extractor.guard import check_mass_delete
 from metatide.extractor.ids import ENTITIES, Entity, RunId
-from metatide.extractor.lease import release_lease
+from metatide.extractor.lease import (
+    HeldLease,
+    kept_lease,
+    read_plan_of_live_run,
+    release_lease,
+    renew_lease,
+)
+from metatide.extractor.logs import log, phase_logging
 from metatide.extractor.manifest import MANIFEST_KEY, Manifest, parse_manifest
 from metatide.extractor.marker import MARKER_KEY, format_marker
 from metatide.extractor.progress import NoProgress, Progress
@@ -54,6 +68,7 @@ from metatide.extractor.runfiles import (
 from metatide.extractor.spec import ExtractionSpec
 from metatide.extractor.state import encode_parquet
 from metatide.extractor.storage import KeyNotFoundError, Store, StoredObject
+from metatide.extractor.storage.meter import metering
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +77,8 @@ class Parent:
 
     manifest: Manifest | None
     version: str | None
+    trusted: bool = True
+    """False when a full extraction's baseline is a damaged or substitute manifest."""
 
 
 async def finalize(
@@ -73,32 +90,90 @@ async def finalize(
     extra_durations: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Commit a run and return its summary (also stored as runs/{run_id}/summary.json)."""
-    progress = progress or NoProgress()
-    started = time.monotonic()
-    plan = await read_plan(store, run_id)
-    stored = await _stored_manifest(store)
-    committed_already = _committed_by(stored, run_id)
-    if committed_already is not None:
-        return await _complete_commit(spec, store, committed_already, None, plan)
-    parent = _parent_of(plan, stored, store.location)
-    inputs = await _read_inputs(store, plan, progress)
-    check_mass_delete(
-        parent.manifest.rows("table") if parent.manifest else 0,
-        inputs.planned.num_rows,
-        inputs.deleted.num_rows,
-        spec.mass_delete_guard,
+    with phase_logging("finalize", run_id):
+        log.info("phase_started")
+        started = time.monotonic()
+        stored = await _stored_manifest(store)
+        committed = _committed_by(stored, run_id)
+        if committed is not None:
+            log.info("commit_found", sequence=committed.sequence)
+            await _finish_after_retry(spec, store, committed, await read_plan(store, run_id))
+        else:
+            plan = await read_plan_of_live_run(store, run_id)
+            async with kept_lease(store, run_id, plan.lease_seconds) as lease:
+                committed, previous = await _build_and_commit(
+                    spec,
+                    store,
+                    workdir,
+                    plan,
+                    stored,
+                    lease,
+                    progress or NoProgress(),
+                    started,
+                    extra_durations or {},
+                )
+                await _publish_marker_and_collect(spec, store, committed, previous)
+            await release_lease(store, run_id)
+        summary = await _stored_summary(store, run_id)
+        log.info(
+            "phase_finished",
+            duration_seconds=round(time.monotonic() - started, 3),
+            tables=summary.get("tables"),
+            columns=summary.get("columns"),
+            state_rows=summary.get("state_rows"),
+        )
+        return summary
+
+
+async def _build_and_commit(
+    spec: ExtractionSpec,
+    store: Store,
+    workdir: Path,
+    plan: PlanDocument,
+    stored: Stored,
+    lease: HeldLease,
+    progress: Progress,
+    started: float,
+    extra_durations: dict[str, float],
+) -> tuple[Manifest, Manifest | None]:
+    """Everything up to the commit point; returns the committed manifest and the one it
+    replaced (None when that one cannot be trusted to keep files alive)."""
+    with metering() as meter:
+        parent = await _parent_of(plan, stored, store)
+        inputs = await _read_inputs(store, plan, progress)
+        check_mass_delete(
+            plan.previous_tables,
+            inputs.planned.num_rows,
+            inputs.deleted.num_rows,
+            spec.mass_delete_guard,
+        )
+        progress.start("build state", total=None)
+        built = await build_state(spec, store, workdir, plan.run_id, parent.manifest, inputs)
+        progress.finish("build state")
+    log.info(
+        "state_built",
+        logical_rows=built.manifest.logical_rows,
+        files=sum(len(refs) for refs in built.manifest.files.values()),
+        bytes_written=built.bytes_written,
+        skipped_files=len(built.skipped),
     )
-    progress.start("build state", total=None)
-    built = await build_state(spec, store, workdir, run_id, parent.manifest, inputs)
-    progress.finish("build state")
-    durations = {"plan": plan.duration_seconds, **(extra_durations or {})}
+    durations = {"plan": plan.duration_seconds, **extra_durations}
     durations["finalize"] = time.monotonic() - started
-    summary = _summary(plan, inputs, built, durations)
-    await _write_diff(spec, store, run_id, built.diffs)
-    await store.put(summary_key(run_id), json.dumps(summary, indent=1, sort_keys=True).encode())
-    await store.put(history_manifest_key(run_id), built.manifest.to_bytes())
+    summary = _summary(plan, inputs, built, durations, meter.bytes_read)
+    await _write_diff(spec, store, plan.run_id, built.diffs)
+    await store.put(
+        summary_key(plan.run_id), json.dumps(summary, indent=1, sort_keys=True).encode()
+    )
+    await store.put(history_manifest_key(plan.run_id), built.manifest.to_bytes())
+    lease.check()
     await _commit(store, built.manifest, parent)
-    return await _complete_commit(spec, store, built.manifest, parent.manifest, plan)
+    log.info(
+        "manifest_committed",
+        sequence=built.manifest.sequence,
+        parent_run_id=built.manifest.parent_run_id,
+        verified_all=summary["state_verified"],
+    )
+    return built.manifest, parent.manifest if parent.trusted else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +202,11 @@ def _committed_by(stored: Stored, run_id: RunId) -> Manifest | None:
     return manifest if manifest is not None and manifest.run_id == run_id else None
 
 
-def _parent_of(plan: PlanDocument, stored: Stored, location: str) -> Parent:
+async def _parent_of(plan: PlanDocument, stored: Stored, store: Store) -> Parent:
     """The state plan built on, which must still be the committed one."""
+    location = store.location
+    if plan.full_extraction:
+        return await _full_extraction_parent(plan, stored, store)
     if plan.parent_run_id is None:
         if stored.manifest is not None:
             raise StateConflictError(
@@ -150,6 +228,18 @@ def _parent_of(plan: PlanDocument, stored: Stored, location: str) -> Parent:
             f"{manifest.run_id} has committed since; start a new run"
         )
     return Parent(manifest, stored.data.version)
+
+
+async def _full_extraction_parent(plan: PlanDocument, stored: Stored, store: Store) -> Parent:
+    """A full extraction commits over exactly the manifest bytes plan saw, readable or not."""
+    seen = hashlib.sha256(stored.data.data).hexdigest() if stored.data else None
+    if seen != plan.parent_manifest_sha256:
+        raise StateConflictError(
+            f"run {plan.run_id} planned a full extraction, but the manifest in {store.location} "
+            "has changed since (another run committed); start a new run"
+        )
+    baseline = await read_baseline(store, full_extraction=True)
+    return Parent(baseline.manifest, stored.data.version if stored.data else None, baseline.trusted)
 
 
 async def _read_inputs(store: Store, plan: PlanDocument, progress: Progress) -> RunInputs:
@@ -223,10 +313,16 @@ def _drop_vanished(
 
 
 def _summary(
-    plan: PlanDocument, inputs: RunInputs, built: Built, durations: dict[str, float]
+    plan: PlanDocument,
+    inputs: RunInputs,
+    built: Built,
+    durations: dict[str, float],
+    finalize_bytes_read: int,
 ) -> dict[str, Any]:
+    """The run summary; row counts are logical: what a reader of the state sees."""
     reasons = inputs.deleted.column("reason").to_pylist()
-    new_columns = built.manifest.rows("column")
+    logical = built.manifest.logical_rows or {}
+    problems = list(dict.fromkeys([*plan.baseline_problems, *map(str, built.skipped)]))
     return {
         "run_id": plan.run_id,
         "parent_run_id": plan.parent_run_id,
@@ -237,7 +333,7 @@ def _summary(
         "tables_deleted_by_reason": {r: reasons.count(r) for r in ("dropped", "out_of_scope")},
         "columns": {
             "extracted": built.fresh_columns,
-            "carried_forward": new_columns - min(built.fresh_columns, new_columns),
+            "carried_forward": max(logical.get("column", 0) - built.fresh_columns, 0),
             "deleted": built.diffs["column"].deleted.num_rows,
         },
         "diff": {
@@ -248,8 +344,11 @@ def _summary(
             }
             for entity, diff in built.diffs.items()
         },
-        "state_rows": {entity: built.manifest.rows(entity) for entity in ENTITIES},
+        "state_rows": {entity: logical.get(entity, 0) for entity in ENTITIES},
         "state_bytes_written": built.bytes_written,
+        "state_verified": built.manifest.verified_sequence == built.manifest.sequence,
+        "baseline": {"complete": not problems, "problems": problems},
+        "bytes_read": {"plan": plan.bytes_read, "finalize": finalize_bytes_read},
         "batches": plan.batch_count,
         "durations_seconds": {name: round(value, 3) for name, value in durations.items()},
     }
@@ -284,24 +383,37 @@ async def _commit(store: Store, manifest: Manifest, parent: Parent) -> None:
         )
 
 
-async def _complete_commit(
-    spec: ExtractionSpec,
-    store: Store,
-    manifest: Manifest,
-    previous: Manifest | None,
-    plan: PlanDocument,
-) -> dict[str, Any]:
-    """The steps after the swap: marker.txt, garbage collection, lease release."""
+async def _finish_after_retry(
+    spec: ExtractionSpec, store: Store, manifest: Manifest, plan: PlanDocument
+) -> None:
+    """A finalize retried after its commit repeats the steps after the swap, if the lease is
+    still this run's: otherwise a newer run may be writing files garbage collection would take."""
+    try:
+        await renew_lease(store, plan.run_id, plan.lease_seconds)
+    except LeaseLostError as exc:
+        log.warning("after_commit_skipped", reason=str(exc))
+        return
+    await _publish_marker_and_collect(spec, store, manifest, None)
+    await release_lease(store, plan.run_id)
+
+
+async def _publish_marker_and_collect(
+    spec: ExtractionSpec, store: Store, manifest: Manifest, previous: Manifest | None
+) -> None:
+    """The steps after the swap: marker.txt, then garbage collection (lease still held)."""
     marker = format_marker(manifest.marker, spec.marker.format)
     await store.put(MARKER_KEY, marker.encode())
     if previous is None and manifest.parent_run_id is not None:
         previous = await _history_manifest(store, manifest.parent_run_id)
-    await collect_garbage(store, manifest, previous, spec.state.keep_runs)
-    await release_lease(store, plan.run_id)
+    deleted = await collect_garbage(store, manifest, previous, spec.state.keep_runs)
+    log.info("garbage_collected", keys_deleted=deleted)
+
+
+async def _stored_summary(store: Store, run_id: RunId) -> dict[str, Any]:
     try:
-        summary: dict[str, Any] = json.loads((await store.get(summary_key(plan.run_id))).data)
+        summary: dict[str, Any] = json.loads((await store.get(summary_key(run_id))).data)
     except KeyNotFoundError:
-        summary = {"run_id": plan.run_id}
+        summary = {"run_id": run_id}
     return summary
 
 

@@ -21,12 +21,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from metatide.extractor import duck
+from metatide.extractor.baseline import Baseline, read_baseline
 from metatide.extractor.classify import classify_tables, deleted_tables
-from metatide.extractor.errors import StateCorruptError
 from metatide.extractor.guard import check_mass_delete
 from metatide.extractor.ids import RunId, new_run_id
 from metatide.extractor.layers import load_previous, logical_rows
-from metatide.extractor.lease import acquire_lease, release_lease
+from metatide.extractor.lease import acquire_lease, kept_lease, release_lease
+from metatide.extractor.logs import log, phase_logging
+from metatide.extractor.manifest import Manifest
 from metatide.extractor.marker import default_marker, effective_marker, truncate_to_seconds
 from metatide.extractor.progress import NoProgress, Progress
 from metatide.extractor.records import TABLE_KEY_COLUMNS, TABLE_SCHEMA
@@ -41,13 +43,17 @@ from metatide.extractor.scope import Scope
 from metatide.extractor.sources import Source
 from metatide.extractor.spec import ExtractionSpec
 from metatide.extractor.state import (
-    Committed,
+    BadFile,
+    Fetched,
     assign_buckets,
     choose_bucket_count,
+    corrupt_state_error,
+    fetch_files,
     fetch_verified,
-    read_committed,
+    verify_files,
 )
 from metatide.extractor.storage import Store
+from metatide.extractor.storage.meter import metering
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,24 +73,59 @@ async def plan(
     run_id: RunId | None = None,
     progress: Progress | None = None,
     take_over_from: RunId | None = None,
+    *,
+    whole_run: bool = False,
 ) -> PlanDocument:
     """Plan a run and return its plan document (also stored as plan.json).
 
-    `take_over_from` names a dead run whose lease this run may take at once.
+    `take_over_from` names a dead run whose lease this run may take at once; `whole_run` says
+    this process runs every phase (`metatide run`), so the lease dies with it.
     """
-    progress = progress or NoProgress()
     run_id = run_id or new_run_id()
+    with phase_logging("plan", run_id):
+        log.info("phase_started", force_full_extraction=spec.force_full_extraction)
+        await acquire_lease(
+            store, run_id, spec.state.lease_seconds, take_over_from, pid_bound=whole_run
+        )
+        try:
+            async with kept_lease(store, run_id, spec.state.lease_seconds) as lease:
+                document = await _plan(spec, store, source, workdir, run_id, progress)
+                lease.check()
+                await store.put(
+                    plan_key(run_id, "plan.json"), document.model_dump_json(indent=1).encode()
+                )
+        except BaseException:
+            await release_lease(store, run_id)
+            raise
+        log.info(
+            "phase_finished",
+            duration_seconds=round(document.duration_seconds, 3),
+            tables=document.tables_total,
+            tables_to_extract=document.tables_to_extract,
+            batches=document.batch_count,
+            full_extraction=document.full_extraction,
+            bytes_read=document.bytes_read,
+        )
+    return document
+
+
+async def _plan(
+    spec: ExtractionSpec,
+    store: Store,
+    source: Source,
+    workdir: Path,
+    run_id: RunId,
+    progress: Progress | None,
+) -> PlanDocument:
+    progress = progress or NoProgress()
     started = time.monotonic()
     started_at = datetime.now(UTC)
-    await acquire_lease(store, run_id, spec.state.lease_seconds, take_over_from)
-    try:
-        committed = await (
-            _readable_or_none(store) if spec.force_full_extraction else read_committed(store)
-        )
+    with metering() as meter:
+        baseline = await read_baseline(store, full_extraction=spec.force_full_extraction)
         # The previous state loads while the source lists its catalog: one waits on the
         # database server, the other on storage and DuckDB.
         previous = asyncio.create_task(
-            _previous_tables(spec, store, committed, workdir), name="previous-tables"
+            _load_previous(spec, store, baseline, workdir), name="previous-state"
         )
         try:
             async with source:
@@ -95,22 +136,11 @@ async def plan(
             previous.cancel()
             raise
         document = await _classify_and_write(
-            spec, store, run_id, committed, await previous, listing, next_marker, started_at
+            spec, store, run_id, baseline, await previous, listing, next_marker, started_at
         )
-    except BaseException:
-        await release_lease(store, run_id)
-        raise
-    final = document.model_copy(update={"duration_seconds": time.monotonic() - started})
-    await store.put(plan_key(run_id, "plan.json"), final.model_dump_json(indent=1).encode())
-    return final
-
-
-async def _readable_or_none(store: Store) -> Committed | None:
-    """With forceFullExtraction a corrupt state is ignored (it is being rebuilt), not fatal."""
-    try:
-        return await read_committed(store)
-    except StateCorruptError:
-        return None
+    return document.model_copy(
+        update={"duration_seconds": time.monotonic() - started, "bytes_read": meter.bytes_read}
+    )
 
 
 async def _check_store_writable(store: Store, run_id: RunId) -> None:
@@ -131,40 +161,92 @@ async def _list_catalog(spec: ExtractionSpec, source: Source, progress: Progress
     tables = scope.filter_tables(await source.tables(schemas, scope))
     progress.advance("list catalog")
     progress.finish("list catalog")
+    log.info(
+        "catalog_listed",
+        databases=databases.num_rows,
+        schemas=schemas.num_rows,
+        tables=tables.num_rows,
+    )
     return Listing(databases, schemas, tables)
 
 
-async def _previous_tables(
-    spec: ExtractionSpec, store: Store, committed: Committed | None, workdir: Path
-) -> pa.Table:
-    """The previous state's tables (base files resolved with their deltas)."""
-    if committed is None:
-        return TABLE_SCHEMA.empty_table()
-    refs = committed.manifest.files["table"]
-    files = list(zip(refs, await fetch_verified(store, refs, workdir), strict=True))
+@dataclass(frozen=True, slots=True)
+class Previous:
+    """The previous state's tables as plan needs them, and what reading the state found."""
+
+    tables: pa.Table
+    skipped: list[BadFile]
+    """Damaged files a full extraction left out of its baseline."""
+    verified_all: bool
+    """True when every file of the committed manifest was read and verified by this plan."""
+
+
+async def _load_previous(
+    spec: ExtractionSpec, store: Store, baseline: Baseline, workdir: Path
+) -> Previous:
+    """The previous state's tables (base files resolved with their deltas).
+
+    An incremental run reads its table files strictly and, when `state.verifyEveryRuns` says
+    it is due, verifies every other listed file too; a full extraction skips damaged files.
+    """
+    manifest = baseline.manifest
+    if manifest is None:
+        return Previous(TABLE_SCHEMA.empty_table(), [], verified_all=False)
+    refs = manifest.files["table"]
+    if spec.force_full_extraction:
+        fetched = await fetch_files(store, refs, workdir)
+    else:
+        fetched = Fetched(
+            list(zip(refs, await fetch_verified(store, refs, workdir), strict=True)), []
+        )
+    verified_all = False
+    if not spec.force_full_extraction and _verification_due(spec, manifest):
+        others = [
+            ref for entity in ("database", "schema", "column") for ref in manifest.files[entity]
+        ]
+        bad = await verify_files(store, others)
+        if bad:
+            raise corrupt_state_error(store.location, bad)
+        verified_all = True
 
     def resolve() -> pa.Table:
         connection = duck.connect(spec.duckdb)
         try:
-            load_previous(connection, files)
+            load_previous(connection, fetched.files)
             return logical_rows(connection, "table")
         finally:
             connection.close()
 
-    return await asyncio.to_thread(resolve)
+    tables = await asyncio.to_thread(resolve)
+    log.info(
+        "previous_state_loaded",
+        run=manifest.run_id,
+        tables=tables.num_rows,
+        table_files=len(refs),
+        skipped_files=len(fetched.bad),
+        verified_all=verified_all,
+    )
+    return Previous(tables, fetched.bad, verified_all)
+
+
+def _verification_due(spec: ExtractionSpec, manifest: Manifest) -> bool:
+    """Whether this run is the one that reads every file (see `state.verifyEveryRuns`)."""
+    every = spec.state.verify_every_runs
+    return every > 0 and manifest.runs_since_verified() + 1 >= every
 
 
 async def _classify_and_write(
     spec: ExtractionSpec,
     store: Store,
     run_id: RunId,
-    committed: Committed | None,
-    previous: pa.Table,
+    baseline: Baseline,
+    loaded: Previous,
     listing: Listing,
     next_marker: datetime,
     started_at: datetime,
 ) -> PlanDocument:
-    manifest = committed.manifest if committed else None
+    manifest = baseline.manifest
+    previous = loaded.tables
     marker = (
         manifest.marker if manifest else default_marker(spec.marker.default, spec.marker.format)
     )
@@ -216,6 +298,11 @@ async def _classify_and_write(
         tables_to_extract=int(pc.sum(planned.column("needs_columns")).as_py() or 0),
         started_at=started_at,
         duration_seconds=0.0,
+        parent_manifest_sha256=baseline.committed_sha256,
+        previous_tables=previous.num_rows,
+        verified_all=loaded.verified_all,
+        baseline_problems=[*baseline.problems, *map(str, loaded.skipped)],
+        lease_seconds=spec.state.lease_seconds,
     )
 
 

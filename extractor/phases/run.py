@@ -35,7 +35,9 @@ async def run(
 ) -> dict[str, Any]:
     """Plan, extract every batch, finalize; returns the run summary."""
     progress = progress or NoProgress()
-    document = await plan(spec, store, source_factory(spec), workdir, run_id, progress)
+    document = await plan(
+        spec, store, source_factory(spec), workdir, run_id, progress, whole_run=True
+    )
     try:
         started = time.monotonic()
         await _extract_all(

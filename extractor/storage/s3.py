@@ -71,6 +71,7 @@ from metatide.extractor.errors import (
 )
 from metatide.extractor.spec import ExtractionSpec
 from metatide.extractor.storage.base import KeyNotFoundError, ObjectInfo, StoredObject
+from metatide.extractor.storage.meter import record_read, record_write
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
@@ -371,7 +372,9 @@ class S3Store:
 
     async def get(self, key: str) -> StoredObject:
         name = self._name(key)
-        return await self._call(lambda: self._get(key, name))
+        stored = await self._call(lambda: self._get(key, name))
+        record_read(len(stored.data))
+        return stored
 
     def _get(self, key: str, name: str) -> StoredObject:
         with self._target.translated(f"read {key}", key):
@@ -420,6 +423,7 @@ class S3Store:
     async def put(self, key: str, data: bytes) -> None:
         name = self._name(key)
         await self._call(lambda: self._put(key, name, data))
+        record_write(len(data))
 
     def _put(self, key: str, name: str, data: bytes) -> None:
         with self._target.translated(f"write {key}", key):
@@ -430,6 +434,7 @@ class S3Store:
     async def put_file(self, key: str, path: Path) -> None:
         name = self._name(key)
         await self._call(lambda: self._put_file(key, name, path))
+        record_write(path.stat().st_size)
 
     def _put_file(self, key: str, name: str, path: Path) -> None:
         with self._target.translated(f"upload {path} as {key}", key):
@@ -475,6 +480,7 @@ class S3Store:
     async def _put_conditionally(
         self, key: str, name: str, data: bytes, condition: dict[str, str]
     ) -> bool:
+        record_write(len(data))
         attempts = 0
 
         def attempt() -> bool:

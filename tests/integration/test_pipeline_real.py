@@ -8,6 +8,9 @@ corrupted manifest) with messages that never contain a secret.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any
 import pytest
 
 from metatide.extractor.errors import (
+    EXIT_TERMINAL,
     CredentialsError,
     MetatideError,
     SourceUnavailableError,
@@ -49,6 +53,8 @@ from tests.services import (
 from tests.services import execute_sql as sql
 
 pytestmark = pytest.mark.integration
+
+METATIDE = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "metatide"
 
 
 @pytest.fixture
@@ -221,3 +227,47 @@ def test_corrupted_manifest_fails_then_force_full_recovers(
     assert_same_state(state, reference)
     after = asyncio.run(run_pipeline(spec, tmp_path / "w4"))  # and incremental runs go on
     assert after["full_extraction"] is False
+
+
+def _cli(spec: ExtractionSpec, tmp_path: Path, env: dict[str, str], *args: str) -> Any:
+    spec_file = tmp_path / f"spec-{uuid.uuid4().hex[:6]}.json"
+    spec_file.write_text(spec.to_json())
+    return subprocess.run(
+        [str(METATIDE), *args, "--config", str(spec_file)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, "METATIDE_LOG_FORMAT": "json", "PYTHONSAFEPATH": "1"},
+        timeout=300,
+        check=False,
+    )
+
+
+def test_phase_logs_never_contain_a_secret(
+    database: tuple[str, str], bucket: str, tmp_path: Path
+) -> None:
+    """Logs of successful and failing phases, on PostgreSQL and MinIO, name no password."""
+    name, dsn = database
+    sql(dsn, SCHEMA)
+    pg_password = "metatide-test"
+    s3_secret = s3_settings().secret_key
+    spec = s3_spec(name, bucket)
+    env = {"METATIDE_SOURCE_DSN": dsn}
+    outputs = []
+    done = _cli(spec, tmp_path, env, "run")
+    assert done.returncode == 0, done.stderr
+    outputs.append(done)
+    events = [json.loads(line) for line in done.stderr.splitlines()]
+    assert {e["phase"] for e in events} == {"plan", "columns", "finalize"}
+    assert all(e["run_id"] == json.loads(done.stdout)["run_id"] for e in events)
+    refused = _cli(
+        spec, tmp_path, {"METATIDE_SOURCE_DSN": dsn.replace(pg_password, "wr0ng-pw")}, "run"
+    )
+    assert refused.returncode == EXIT_TERMINAL
+    outputs.append(refused)
+    wrong_key = _cli(spec, tmp_path, {**env, "AWS_SECRET_ACCESS_KEY": "wr0ng-s3-secret"}, "run")
+    assert wrong_key.returncode == EXIT_TERMINAL
+    outputs.append(wrong_key)
+    outputs.append(_cli(spec, tmp_path, env, "verify"))
+    for output in outputs:
+        for secret in (pg_password, s3_secret, "wr0ng-pw", "wr0ng-s3-secret"):
+            assert secret not in output.stdout + output.stderr

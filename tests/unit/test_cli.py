@@ -324,3 +324,105 @@ def test_allow_mass_delete_flag(spec_file: Path, database: Path, tmp_path: Path)
     allowed = result_line(invoke(["run", "-c", str(spec_file), "--allow-mass-delete"]))
     assert allowed["tables"]["deleted"] == 2
     assert allowed["tables_deleted_by_reason"] == {"dropped": 2, "out_of_scope": 0}
+
+
+def log_events(result: Result) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+
+
+def test_each_phase_logs_its_start_milestones_and_end(spec_file: Path) -> None:
+    """`kubectl logs` of a phase pod shows what it is doing, as JSON with run id and phase."""
+    planned = invoke(["plan", "--config", str(spec_file)])
+    run_id = result_line(planned)["run_id"]
+    batch = invoke(["columns", "-c", str(spec_file), "--run-id", run_id, "--batch", "1"])
+    for index in (0, 2):
+        invoke(["columns", "-c", str(spec_file), "--run-id", run_id, "--batch", str(index)])
+    final = invoke(["finalize", "-c", str(spec_file), "--run-id", run_id])
+    expected = {
+        "plan": (planned, ["phase_started", "catalog_listed", "phase_finished"]),
+        "columns": (batch, ["phase_started", "phase_finished"]),
+        "finalize": (
+            final,
+            [
+                "phase_started",
+                "state_built",
+                "manifest_committed",
+                "garbage_collected",
+                "phase_finished",
+            ],
+        ),
+    }
+    for phase, (result, events) in expected.items():
+        logged = log_events(result)
+        assert [event["event"] for event in logged] == events, phase
+        assert {event["phase"] for event in logged} == {phase}
+        assert {event["run_id"] for event in logged} == {run_id}
+        assert all(event["level"] == "info" and "timestamp" in event for event in logged)
+    assert {event.get("batch") for event in log_events(batch)} == {1}
+    plan_end = log_events(planned)[-1]
+    assert (plan_end["tables"], plan_end["batches"]) == (3, 3)
+    assert log_events(batch)[-1]["columns"] == 3  # orders: id, customer_id, total
+    finalize_end = log_events(final)[-1]
+    assert finalize_end["state_rows"]["table"] == 3
+    assert finalize_end["duration_seconds"] >= 0
+    previous = log_events(invoke(["plan", "--config", str(spec_file)]))
+    loaded = next(event for event in previous if event["event"] == "previous_state_loaded")
+    assert loaded["tables"] == 3
+
+
+def test_stdlib_loggers_render_like_the_rest() -> None:
+    """The S3 adapter logs through the standard library: the same JSON stream on stderr."""
+    script = (
+        "import logging\n"
+        "from metatide.extractor import logs\n"
+        "logs.configure('INFO', json_logs=True)\n"
+        "logging.getLogger('metatide.extractor.storage.s3').warning('retrying %s', 'get x')\n"
+        "logs.log.info('structured', n=1)\n"
+    )
+    completed = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONSAFEPATH": "1"},
+        check=True,
+    )
+    assert completed.stdout == ""
+    lines = [json.loads(line) for line in completed.stderr.splitlines()]
+    assert lines[0]["event"] == "retrying get x"
+    assert lines[0]["level"] == "warning"
+    assert lines[0]["logger"] == "metatide.extractor.storage.s3"
+    assert lines[1]["event"] == "structured"
+
+
+def test_verify_reports_a_sound_state_then_names_a_damaged_file(
+    spec_file: Path, tmp_path: Path
+) -> None:
+    result_line(invoke(["run", "--config", str(spec_file)]))
+    sound = result_line(invoke(["verify", "--config", str(spec_file)]))
+    assert sound["command"] == "verify"
+    assert sound["ok"] is True
+    assert sound["files"] == 2 + 2 * 3  # database, schema; a table and a column file per bucket
+    assert sound["bytes_read"] >= sound["bytes_listed"] > 0
+    damaged = sorted((store_root(tmp_path) / "current-state" / "column").iterdir())[0]
+    damaged.write_bytes(damaged.read_bytes() + b"!")
+    result = invoke(["verify", "--config", str(spec_file)])
+    assert result.exit_code == EXIT_TERMINAL
+    line = json.loads(result.stdout)
+    assert line["ok"] is False
+    key = f"current-state/column/{damaged.name}"
+    assert line["bad"] == [
+        {
+            "key": key,
+            "problem": f"{damaged.stat().st_size} bytes where the manifest records "
+            f"{damaged.stat().st_size - 1}",
+        }
+    ]
+    assert "forceFullExtraction" in line["advice"]
+    assert any(e.get("key") == key for e in log_events(result))
+    result_line(invoke(["run", "--config", str(spec_file), "--force-full"]))
+    assert result_line(invoke(["verify", "--config", str(spec_file)]))["ok"] is True
+
+
+def test_verify_of_an_empty_store_is_fine(spec_file: Path) -> None:
+    line = result_line(invoke(["verify", "--config", str(spec_file)]))
+    assert (line["ok"], line["files"], line["run_id"]) == (True, 0, None)

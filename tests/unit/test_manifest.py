@@ -1,4 +1,4 @@
-"""The manifest: sealed round trip, tamper detection, versioning, and a frozen v1 fixture."""
+"""The manifest: sealed round trip, tamper detection, versioning, and frozen v1 and v2 fixtures."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from metatide.extractor.errors import StateCorruptError
+from metatide.extractor.errors import NewerStateFormatError, StateCorruptError
 from metatide.extractor.ids import ENTITIES, Entity, RunId
 from metatide.extractor.manifest import FORMAT_VERSION, FileRef, Manifest, parse_manifest
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "manifest-v1.json"
+FIXTURE_V2 = Path(__file__).parent.parent / "fixtures" / "manifest-v2.json"
 LOCATION = "file:///somewhere/conn"
 RUN = RunId("20250102t030405z-0a1b2c3d")
 PARENT = RunId("20250101t000000z-deadbeef")
@@ -62,8 +63,8 @@ def test_sealed_manifest_round_trips() -> None:
     parsed = parse_manifest(manifest.to_bytes(), LOCATION)
     assert parsed == manifest
     assert parsed.format_version == FORMAT_VERSION
-    assert parsed.rows("table") == 7
-    assert parsed.rows("column") == 16
+    assert parsed.physical_rows("table") == 7
+    assert parsed.physical_rows("column") == 16
     assert sorted(parsed.layer("column", "base")) == [0, 1]
     assert parsed.layer("database", "base") == {}
     assert len(parsed.referenced_keys()) == 6
@@ -131,7 +132,7 @@ def test_a_flipped_byte_in_every_position_is_detected() -> None:
 
 @pytest.mark.parametrize(
     "damage",
-    [(b'"format_version"', b'"format_versiom"'), (b'"format_version":2', b'"format_version":0')],
+    [(b'"format_version"', b'"format_versiom"'), (b'"format_version":3', b'"format_version":0')],
 )
 def test_a_damaged_format_version_gives_the_recovery_advice(damage: tuple[bytes, bytes]) -> None:
     """A flipped byte in format_version is corruption like any other: same advice, same location."""
@@ -153,7 +154,7 @@ def test_not_a_json_object_is_corruption(data: bytes) -> None:
 def test_a_manifest_from_a_newer_metatide_asks_for_an_upgrade() -> None:
     decoded = document(make_manifest())
     decoded["format_version"] = FORMAT_VERSION + 1
-    with pytest.raises(StateCorruptError) as caught:
+    with pytest.raises(NewerStateFormatError) as caught:
         parse_manifest(encode(decoded), LOCATION)
     message = str(caught.value)
     assert f"format_version {FORMAT_VERSION + 1}" in message
@@ -204,13 +205,14 @@ def test_frozen_v1_fixture_keeps_parsing() -> None:
     assert manifest.marker == datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert manifest.committed_at == datetime(2025, 1, 2, 3, 5, 0, 123456, tzinfo=UTC)
     assert manifest.bucket_count == 2
-    assert {entity: manifest.rows(entity) for entity in ENTITIES} == {
+    assert {entity: manifest.physical_rows(entity) for entity in ENTITIES} == {
         "database": 1,
         "schema": 2,
         "table": 7,
         "column": 22,
     }
-    assert manifest.format_version == 2  # migrated on read
+    assert manifest.format_version == 3  # migrated on read
+    assert (manifest.sequence, manifest.verified_sequence, manifest.logical_rows) == (0, 0, None)
     assert sorted(manifest.layer("table", "base")) == [0, 1]
     assert manifest.layer("table", "delta") == {}
     assert manifest.layer("column", "base")[1].key == (
@@ -225,3 +227,32 @@ def test_frozen_v1_fixture_migrates_and_round_trips_as_the_current_format() -> N
     resealed = manifest.sealed()
     assert json.loads(FIXTURE.read_bytes())["content_hash"] != resealed.content_hash
     assert parse_manifest(resealed.to_bytes(), "memory") == resealed
+
+
+def test_frozen_v2_fixture_migrates_to_v3_without_logical_counts() -> None:
+    """A v2 manifest (layered buckets) reads as v3: sequence 0, never verified, counts unknown."""
+    manifest = parse_manifest(FIXTURE_V2.read_bytes(), str(FIXTURE_V2))
+    assert manifest.format_version == FORMAT_VERSION == 3
+    assert manifest.run_id == "20250301t101010z-0badcafe"
+    assert manifest.sequence == 0
+    assert manifest.verified_sequence == 0
+    assert manifest.logical_rows is None
+    assert sorted(manifest.layer("table", "delta")) == [0]
+    assert manifest.physical_rows("column") == 32
+    resealed = manifest.sealed()
+    assert parse_manifest(resealed.to_bytes(), "memory") == resealed
+
+
+def test_a_manifest_failing_its_checksum_still_decodes_leniently() -> None:
+    """A full extraction uses a damaged manifest's file list (each file verified on its own)."""
+    decoded = document(make_manifest())
+    decoded["files"]["table"][0]["rows"] = 30
+    with pytest.raises(StateCorruptError):
+        parse_manifest(encode(decoded), LOCATION)
+    lenient = parse_manifest(encode(decoded), LOCATION, check_hash=False)
+    assert lenient.files["table"][0].rows == 30
+
+
+def test_runs_since_verified_counts_commits() -> None:
+    manifest = make_manifest().model_copy(update={"sequence": 30, "verified_sequence": 24})
+    assert manifest.runs_since_verified() == 6

@@ -59,7 +59,8 @@ def test_parse_error_is_state_corruption_naming_the_value(text: str) -> None:
     message = str(caught.value)
     assert repr(text.strip()) in message
     assert ISO_FORMAT in message
-    assert "forceFullExtraction" in message
+    assert "fix marker.txt" not in message  # marker.txt is never read: no advice to edit it
+    assert "_manifest.json" in message
 
 
 def test_parse_error_with_custom_format_names_that_format() -> None:

@@ -287,3 +287,47 @@ def test_spec_is_frozen() -> None:
     with pytest.raises(ValueError, match="frozen"):
         spec.application_name = "other"
     assert isinstance(spec, ExtractionSpec)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "default"),
+    [
+        ("%Y-%m-%dT%H:%M:%SZ", "1970-01-01T00:00:00Z"),
+        ("%Y%m%d%H%M%S", "19700101000000"),
+        ("%Y-%m-%d %H:%M:%S.%f", "1970-01-01 00:00:00.000000"),
+        ("%d/%m/%Y %H:%M:%S", "01/01/1970 00:00:00"),
+        ("%Y-%j_%H.%M.%S", "1970-001_00.00.00"),
+    ],
+)
+def test_marker_formats_that_round_trip_are_accepted(fmt: str, default: str) -> None:
+    spec = parse_spec(spec_with(marker={"format": fmt, "default": default}))
+    assert spec.marker.format == fmt
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        ("%Y-%m-%dT%H:%M:%SZ'; drop table x; --", "may contain only"),
+        ("%Y-%m-%d", "lacks %H, %M, %S"),
+        ("%y-%m-%dT%H:%M:%SZ", "may contain only"),  # two-digit years do not round-trip
+        ("%Y-%m-%dT%H:%M", "lacks %S"),
+        ("%Y-%mT%H:%M:%S", "%m and %d (or %j)"),
+        ("%Y-%m-%d %I:%M:%S", "may contain only"),  # 12-hour clock without %p
+        ("%Y%m%d%H%M%S%%", "may contain only"),
+        ('%Y-%m-%d"%H:%M:%S', "may contain only"),
+    ],
+)
+def test_marker_formats_that_could_not_round_trip_or_inject_are_refused(
+    fmt: str, expected: str
+) -> None:
+    message = spec_error(spec_with(marker={"format": fmt, "default": "x"}))
+    assert "marker.format" in message
+    assert expected in message
+
+
+def test_lease_and_verification_defaults() -> None:
+    spec = parse_spec(CAMEL)
+    assert spec.state.lease_seconds == 300
+    assert spec.state.verify_every_runs == 24
+    assert parse_spec(spec_with(state={"verifyEveryRuns": 0})).state.verify_every_runs == 0
+    assert "leaseSeconds" in spec_error(spec_with(state={"leaseSeconds": 5}))
