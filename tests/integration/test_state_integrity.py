@@ -157,7 +157,13 @@ def build_layered_state(spec: ExtractionSpec, database: str, tmp_path: Path) -> 
     execute_sql(postgres_dsn_for(database), CHANGE)
     second = asyncio.run(run_pipeline(spec, tmp_path / "second"))
     assert second["tables"]["UPDATED"] == 2
-    assert committed(spec).layer("column", "delta"), "expected a delta file"
+    manifest = committed(spec)
+    assert manifest.layer("column", "delta"), "expected a delta file"
+    # Counts are what a reader sees, not the rows stored in base and delta files together.
+    state = asyncio.run(committed_state(spec, tmp_path / "counted"))
+    assert second["state_rows"] == {entity: rows.num_rows for entity, rows in state.items()}
+    assert manifest.physical_rows("table") == TABLES + 2
+    assert second["columns"]["carried_forward"] == 2 * (TABLES - 2)
 
 
 @pytest.mark.parametrize("damage", DAMAGES, ids=lambda d: d.name)
