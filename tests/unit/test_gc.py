@@ -52,6 +52,9 @@ def keys(store: LocalStore) -> set[str]:
     return asyncio.run(listed())
 
 
+PARENTS = {RUN1: None, RUN2: RUN1, RUN3: RUN2}
+
+
 def run_folder(run_id: RunId, committed: bool) -> list[str]:
     files = [f"runs/{run_id}/plan/plan.json", f"runs/{run_id}/columns/batch-00000.parquet"]
     if committed:
@@ -61,6 +64,14 @@ def run_folder(run_id: RunId, committed: bool) -> list[str]:
             f"runs/{run_id}/incremental-diff/table/part-00000.parquet",
         ]
     return files
+
+
+def put_run(store: LocalStore, run_id: RunId, committed: bool) -> None:
+    """A run's folder; a committed run's holds a real copy of its manifest (GC walks them)."""
+    put(store, *run_folder(run_id, committed))
+    if committed:
+        copy = manifest(run_id, PARENTS.get(run_id), {})
+        asyncio.run(store.put(history_manifest_key(run_id), copy.to_bytes()))
 
 
 @pytest.fixture
@@ -120,9 +131,9 @@ def test_without_a_previous_manifest_only_the_new_one_is_kept(store: LocalStore)
 
 def test_old_run_folders_beyond_keep_runs_and_aborted_runs_go(store: LocalStore) -> None:
     for run_id in (RUN1, RUN2, RUN3):
-        put(store, *run_folder(run_id, committed=True))
+        put_run(store, run_id, committed=True)
     for run_id in (ABORTED_OLD, ABORTED_OLDEST, NEWER):
-        put(store, *run_folder(run_id, committed=False))
+        put_run(store, run_id, committed=False)
     current = manifest(RUN3, RUN2, {})
     deleted = asyncio.run(collect_garbage(store, current, None, keep_runs=2))
     runs = {key.split("/")[1] for key in keys(store) if key.startswith("runs/")}
@@ -133,7 +144,7 @@ def test_old_run_folders_beyond_keep_runs_and_aborted_runs_go(store: LocalStore)
 
 def test_keep_one_run_keeps_only_the_current_run(store: LocalStore) -> None:
     for run_id in (RUN1, RUN2, RUN3):
-        put(store, *run_folder(run_id, committed=True))
+        put_run(store, run_id, committed=True)
     asyncio.run(collect_garbage(store, manifest(RUN3, RUN2, {}), None, keep_runs=1))
     assert {key.split("/")[1] for key in keys(store)} == {RUN3}
 
@@ -159,3 +170,25 @@ def test_many_keys_are_deleted_in_chunks(store: LocalStore) -> None:
     put(store, *garbage)
     assert asyncio.run(collect_garbage(store, manifest(RUN2, RUN1, {}), None, 1)) == 1001
     assert keys(store) == set()
+
+
+def test_kept_states_keep_their_files_and_the_chain_decides_not_the_run_id(
+    store: LocalStore,
+) -> None:
+    """Run ids sort by second only: the chain of parents says which states are newest."""
+    late = RunId("20250105t000000z-00000001")  # committed first, in the same second ...
+    early = RunId("20250105t000000z-ffffffff")  # ... as this one, which sorts after it
+    newest = RunId("20250105t000000z-0000000f")
+    files = {run: state_key("table", run, 0) for run in (late, early, newest)}
+    put(store, *files.values(), MANIFEST_KEY)
+    chain = [(late, None), (early, late), (newest, early)]
+    for run, parent in chain:
+        put(store, *run_folder(run, committed=True))
+        copy = manifest(run, parent, {"table": [files[run]]})
+        asyncio.run(store.put(history_manifest_key(run), copy.to_bytes()))
+    current = manifest(newest, early, {"table": [files[newest]]})
+    asyncio.run(collect_garbage(store, current, None, keep_runs=2))
+    runs = {key.split("/")[1] for key in keys(store) if key.startswith("runs/")}
+    assert runs == {newest, early}
+    assert files[early] in keys(store)  # a kept state keeps its files
+    assert files[late] not in keys(store)
