@@ -118,6 +118,7 @@ def test_only_touched_buckets_are_rewritten(
     spec: ExtractionSpec, database: Path, tmp_path: Path
 ) -> None:
     execute(database, "".join(f"CREATE TABLE t{i} (x INT);" for i in range(40)))
+    spec = with_fields(spec, state={**spec.state.model_dump(by_alias=True), "keepRuns": 2})
     asyncio.run(run_pipeline(spec, tmp_path / "w1"))
     root = tmp_path / "store" / spec.connection_prefix / "current-state"
     before = set(root.rglob("*.parquet"))
@@ -133,9 +134,9 @@ def test_only_touched_buckets_are_rewritten(
     assert sorted(key.split("/")[1] for key in new_keys) == ["column", "table"]
     after = set(root.rglob("*.parquet"))
     assert len(after - before) == 2
-    assert before <= after  # the previous manifest's files are kept for one more run
+    assert before <= after  # the kept states' files stay (keepRuns 2: this one and w1) ...
     asyncio.run(run_pipeline(spec, tmp_path / "w3"))
-    assert len(before - set(root.rglob("*.parquet"))) == 2  # then collected
+    assert len(before - set(root.rglob("*.parquet"))) == 2  # ... until w1 is no longer kept
 
 
 def test_marker_follows_the_manifest(spec: ExtractionSpec, tmp_path: Path) -> None:
