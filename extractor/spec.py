@@ -329,7 +329,11 @@ class StateSpec(_Model):
         "more than this fraction of the bucket's tables, the bucket is rewritten whole.",
     )
     keep_runs: int = Field(
-        default=10, ge=1, description="Committed runs whose runs/{id}/ folders (diffs) are kept."
+        default=10,
+        ge=1,
+        description="Committed states kept, the newest included: their manifests, the state "
+        "files they list and their runs/{id}/ folders (diffs); older ones are deleted after "
+        "each commit.",
     )
     lease_seconds: int = Field(
         default=300,
