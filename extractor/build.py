@@ -22,7 +22,13 @@ from metatide.extractor.ids import Entity, RunId
 from metatide.extractor.layers import TABLE_KEYS, create_logical_views, register_previous
 from metatide.extractor.manifest import FileRef, Manifest
 from metatide.extractor.merge import BucketRows, NewFiles, create_views, new_files
-from metatide.extractor.records import COLUMN_SCHEMA, KEY_COLUMNS, SCHEMAS, TABLE_SCHEMA
+from metatide.extractor.records import (
+    COLUMN_SCHEMA,
+    KEY_COLUMNS,
+    RECORD_VERSION,
+    SCHEMAS,
+    TABLE_SCHEMA,
+)
 from metatide.extractor.runfiles import PlanDocument
 from metatide.extractor.scope import Scope
 from metatide.extractor.spec import ExtractionSpec
@@ -150,12 +156,14 @@ def _logical_columns(
 
 def _choose_buckets(spec: ExtractionSpec, previous: Manifest | None, inputs: RunInputs) -> Buckets:
     """Which buckets change; everything is rewritten on a full extraction, a new bucket count,
-    or a manifest migrated from v2 (whose logical row counts are unknown)."""
+    a manifest migrated from v2 (whose logical row counts are unknown), or state files of an
+    older record version (a rewrite fills their new fields from this run's listing)."""
     count = inputs.plan.bucket_count
     if (
         previous is None
         or previous.bucket_count != count
         or previous.logical_rows is None
+        or previous.record_version != RECORD_VERSION
         or inputs.plan.full_extraction
     ):
         everything = list(range(count))

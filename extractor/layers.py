@@ -71,14 +71,28 @@ def register_previous(
             }
         )
         connection.register(f"{name}_files", buckets)
-        connection.register(
-            f"{name}_rows",
-            connection.read_parquet([str(path) for _, path in chosen], filename=True),
+        rows = connection.read_parquet(
+            [str(path) for _, path in chosen], filename=True, union_by_name=True
         )
+        connection.register(f"{name}_rows", rows)
         connection.execute(
-            f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT r.* EXCLUDE (filename), f.bucket "
-            f"FROM {name}_rows AS r JOIN {name}_files AS f USING (filename)"
+            f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {_columns(schema, rows.columns)}, "
+            f"f.bucket FROM {name}_rows AS r JOIN {name}_files AS f USING (filename)"
         )
+
+
+def _columns(schema: pa.Schema, present: list[str]) -> str:
+    """The schema's columns from a file's rows; a field newer than the file reads as NULL."""
+    return ", ".join(
+        f"r.{field.name}"
+        if field.name in present
+        else f"NULL::{_DUCKDB_TYPES[field.type]} AS {field.name}"
+        for field in schema
+    )
+
+
+_DUCKDB_TYPES: dict[pa.DataType, str] = {pa.string(): "VARCHAR"}
+"""Types of fields added to a record schema after files were written (see RECORD_VERSION)."""
 
 
 def create_logical_views(connection: duckdb.DuckDBPyConnection) -> None:

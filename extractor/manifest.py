@@ -28,9 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from metatide.extractor.errors import NewerStateFormatError, StateCorruptError
 from metatide.extractor.ids import ENTITIES, Entity, RunId
+from metatide.extractor.records import RECORD_VERSION
 
 MANIFEST_KEY: Final = "current-state/_manifest.json"
-FORMAT_VERSION: Final = 3
+FORMAT_VERSION: Final = 4
 
 
 def _v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
@@ -55,10 +56,18 @@ def _v2_to_v3(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+def _v3_to_v4(document: dict[str, Any]) -> dict[str, Any]:
+    """v4 records the version of the row schemas its state files are written in; a v3
+    manifest's files are of version 1 (tables without `object_id`)."""
+    document.setdefault("record_version", 1)
+    return document
+
+
 _MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     # version n -> n + 1; add one function per format change, never edit an old one.
     1: _v1_to_v2,
     2: _v2_to_v3,
+    3: _v3_to_v4,
 }
 
 
@@ -99,6 +108,8 @@ class Manifest(BaseModel):
     extraction writes them all anew, so it counts)."""
     logical_rows: dict[Entity, int] | None = None
     """Rows a reader of the state sees, per entity; None only when migrated from v2."""
+    record_version: int = Field(default=RECORD_VERSION, ge=1)
+    """Version of the row schemas (`records`) the listed files are written in."""
     content_hash: str = ""
 
     def physical_rows(self, entity: Entity) -> int:

@@ -41,8 +41,18 @@ TABLE_SCHEMA = pa.schema(
         pa.field("created_at", pa.timestamp("us", tz="UTC")),
         pa.field("ddl_time", pa.timestamp("us", tz="UTC")),
         pa.field("fingerprint", pa.string()),
+        pa.field("object_id", pa.string()),
     ]
 )
+"""`object_id`: the source's identity of the table that survives a rename (PostgreSQL: the
+relation's oid; MySQL/MariaDB: InnoDB's table id; SQLite: schema row and root page), or null
+where the source has none (views on MySQL and SQLite). Renames are found by it
+(`changes`), and a table whose id changed under the same name was replaced: UPDATED."""
+
+RECORD_VERSION = 2
+"""Version of the row schemas above, recorded in each manifest (`Manifest.record_version`):
+1 had no `object_id`. State files of an older version are read with the new fields null and
+rewritten by the next run (see `build`)."""
 
 COLUMN_SCHEMA = pa.schema(
     [

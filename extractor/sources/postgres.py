@@ -181,7 +181,7 @@ WITH rel AS (
     JOIN pg_catalog.pg_class AS c ON c.oid = r.oid
     JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
 ), described AS (
-    SELECT rel.i, rel.nspname, rel.relname, rel.relkind, td.description AS comment,
+    SELECT rel.oid, rel.i, rel.nspname, rel.relname, rel.relkind, td.description AS comment,
            CASE WHEN rel.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(rel.oid) END
                AS view_definition,
            COALESCE(cols.columns, '[]'::json) AS columns
@@ -206,7 +206,8 @@ SELECT nspname,
        view_definition,
        pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(
            pg_catalog.json_build_array(relkind, comment, view_definition, columns)::text,
-           'UTF8')), 'hex'), 32)
+           'UTF8')), 'hex'), 32),
+       oid::text
 FROM described
 ORDER BY i
 """
@@ -589,8 +590,8 @@ class PostgresSource:
 
 def _table_rows(database: str, rows: Sequence[Any]) -> pa.Table:
     """`_TABLES` records as a TABLE_SCHEMA table."""
-    fields = list(zip(*rows, strict=True)) if rows else [()] * 6
-    schema_names, table_names, types, comments, definitions, fingerprints = fields
+    fields = list(zip(*rows, strict=True)) if rows else [()] * 7
+    schema_names, table_names, types, comments, definitions, fingerprints, oids = fields
     count = len(rows)
     arrays = [
         [database] * count,
@@ -602,6 +603,7 @@ def _table_rows(database: str, rows: Sequence[Any]) -> pa.Table:
         [None] * count,  # created_at: PostgreSQL keeps no DDL times
         [None] * count,  # ddl_time
         fingerprints,
+        oids,  # survives RENAME and SET SCHEMA: renames are found by it
     ]
     return pa.Table.from_arrays(
         [pa.array(values, type=f.type) for values, f in zip(arrays, TABLE_SCHEMA, strict=True)],

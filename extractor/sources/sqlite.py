@@ -6,6 +6,14 @@ CREATE TABLE statement is read as that column's comment. Each table's fingerprin
 over its stored CREATE statement and the `pragma_table_xinfo` rows (the view's resolved
 columns included), which covers every field this source fills. The file is opened
 read-only: extraction never creates or changes it.
+
+A table's `object_id` is its schema row's rowid and its b-tree root page: both survive
+ALTER TABLE ... RENAME (and ADD, DROP and RENAME COLUMN), so a renamed table is found as
+one. Both can come back after DROP TABLE and CREATE TABLE (SQLite reuses freed pages and
+the highest rowid), and VACUUM may renumber them: `changes` accepts a rename only when the
+columns agree, and a renumbered table is reported UPDATED (its id changed) once. Views have
+no id (a renamed view is a drop and a create), and a column's position is not an identity
+here (DROP COLUMN shifts the later ones), so column renames are a drop and a create.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ DATABASE = "main"
 SCHEMA = "main"
 
 _LIST_TABLES = sa.text(
-    "SELECT name, type, sql FROM sqlite_master "
+    "SELECT name, type, sql, rowid, rootpage FROM sqlite_master "
     "WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
 )
 _TABLE_INFO = sa.text(
@@ -113,7 +121,7 @@ class SqliteSource:
 
     def _list_tables(self, connection: Connection) -> list[dict[str, Any]]:
         rows = []
-        for name, kind, sql in connection.execute(_LIST_TABLES).all():
+        for name, kind, sql, rowid, rootpage in connection.execute(_LIST_TABLES).all():
             columns = connection.execute(_TABLE_INFO, {"table": name}).all()
             rows.append(
                 {
@@ -126,6 +134,7 @@ class SqliteSource:
                     "created_at": None,
                     "ddl_time": None,
                     "fingerprint": _fingerprint(kind, sql, columns),
+                    "object_id": f"{rowid}:{rootpage}" if kind == "table" else None,
                 }
             )
         return rows

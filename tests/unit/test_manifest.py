@@ -132,7 +132,7 @@ def test_a_flipped_byte_in_every_position_is_detected() -> None:
 
 @pytest.mark.parametrize(
     "damage",
-    [(b'"format_version"', b'"format_versiom"'), (b'"format_version":3', b'"format_version":0')],
+    [(b'"format_version"', b'"format_versiom"'), (b'"format_version":4', b'"format_version":0')],
 )
 def test_a_damaged_format_version_gives_the_recovery_advice(damage: tuple[bytes, bytes]) -> None:
     """A flipped byte in format_version is corruption like any other: same advice, same location."""
@@ -211,7 +211,7 @@ def test_frozen_v1_fixture_keeps_parsing() -> None:
         "table": 7,
         "column": 22,
     }
-    assert manifest.format_version == 3  # migrated on read
+    assert manifest.format_version == 4  # migrated on read
     assert (manifest.sequence, manifest.verified_sequence, manifest.logical_rows) == (0, 0, None)
     assert sorted(manifest.layer("table", "base")) == [0, 1]
     assert manifest.layer("table", "delta") == {}
@@ -230,9 +230,9 @@ def test_frozen_v1_fixture_migrates_and_round_trips_as_the_current_format() -> N
 
 
 def test_frozen_v2_fixture_migrates_to_v3_without_logical_counts() -> None:
-    """A v2 manifest (layered buckets) reads as v3: sequence 0, never verified, counts unknown."""
+    """A v2 manifest (layered buckets) reads as v4: sequence 0, never verified, counts unknown."""
     manifest = parse_manifest(FIXTURE_V2.read_bytes(), str(FIXTURE_V2))
-    assert manifest.format_version == FORMAT_VERSION == 3
+    assert manifest.format_version == FORMAT_VERSION == 4
     assert manifest.run_id == "20250301t101010z-0badcafe"
     assert manifest.sequence == 0
     assert manifest.verified_sequence == 0
@@ -256,3 +256,17 @@ def test_a_manifest_failing_its_checksum_still_decodes_leniently() -> None:
 def test_runs_since_verified_counts_commits() -> None:
     manifest = make_manifest().model_copy(update={"sequence": 30, "verified_sequence": 24})
     assert manifest.runs_since_verified() == 6
+
+
+FIXTURE_V3 = Path(__file__).parent.parent / "fixtures" / "manifest-v3.json"
+
+
+def test_frozen_v3_fixture_migrates_to_v4_with_record_version_1() -> None:
+    """v3 state files have tables without object ids: record_version 1, rewritten later."""
+    manifest = parse_manifest(FIXTURE_V3.read_bytes(), str(FIXTURE_V3))
+    assert manifest.format_version == FORMAT_VERSION == 4
+    assert (manifest.sequence, manifest.verified_sequence) == (7, 5)
+    assert manifest.logical_rows == {"database": 1, "schema": 2, "table": 7, "column": 27}
+    assert manifest.record_version == 1
+    resealed = manifest.sealed()
+    assert parse_manifest(resealed.to_bytes(), "memory") == resealed
