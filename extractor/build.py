@@ -17,6 +17,13 @@ import duckdb
 import pyarrow as pa
 
 from metatide.extractor import duck
+from metatide.extractor.changes import (
+    ChangeHeader,
+    Reasons,
+    StatePair,
+    change_records,
+    stable_column_ids,
+)
 from metatide.extractor.diff import EntityDiff, column_reasons, entity_diff, scope_reasons
 from metatide.extractor.ids import Entity, RunId
 from metatide.extractor.layers import TABLE_KEYS, create_logical_views, register_previous
@@ -28,6 +35,7 @@ from metatide.extractor.records import (
     RECORD_VERSION,
     SCHEMAS,
     TABLE_SCHEMA,
+    conform,
 )
 from metatide.extractor.runfiles import PlanDocument
 from metatide.extractor.scope import Scope
@@ -64,6 +72,8 @@ class Built:
 
     manifest: Manifest
     diffs: dict[Entity, EntityDiff]
+    changes: pa.Table
+    """The run's change records (`changes.CHANGE_SCHEMA`)."""
     fresh_columns: int
     bytes_written: int
     skipped: list[BadFile]
@@ -108,7 +118,12 @@ async def build_state(
     connection = duck.connect(spec.duckdb)
     try:
         skipped = await _register(connection, store, workdir, previous, inputs, buckets)
-        files, diffs, counts = await asyncio.to_thread(_compute, connection, spec, inputs)
+        header = ChangeHeader(
+            run_id, previous.run_id if previous else None, inputs.plan.next_marker
+        )
+        files, diffs, counts, changes = await asyncio.to_thread(
+            _compute, connection, spec, inputs, header
+        )
     finally:
         connection.close()
     refs, written = await _write_files(store, run_id, previous, buckets, files)
@@ -141,7 +156,7 @@ async def build_state(
             "column": _logical_columns(previous, buckets, files, counts),
         },
     ).sealed()
-    return Built(manifest, diffs, counts.fresh, written, skipped)
+    return Built(manifest, diffs, changes, counts.fresh, written, skipped)
 
 
 def _logical_columns(
@@ -239,8 +254,11 @@ async def _fetch(store: Store, refs: list[FileRef], workdir: Path, *, tolerant: 
 
 
 def _compute(
-    connection: duckdb.DuckDBPyConnection, spec: ExtractionSpec, inputs: RunInputs
-) -> tuple[NewFiles, dict[Entity, EntityDiff], ColumnCounts]:
+    connection: duckdb.DuckDBPyConnection,
+    spec: ExtractionSpec,
+    inputs: RunInputs,
+    header: ChangeHeader,
+) -> tuple[NewFiles, dict[Entity, EntityDiff], ColumnCounts, pa.Table]:
     files = new_files(connection)
     connection.execute(
         f"CREATE OR REPLACE TEMP VIEW diff_new_tables AS SELECT {', '.join(TABLE_SCHEMA.names)} "
@@ -262,7 +280,48 @@ def _compute(
         fresh=_count(connection, "diff_new_columns"),
         replaced=_count(connection, "diff_old_columns"),
     )
-    return files, _diffs(connection, Scope(spec.source.scope), inputs), counts
+    diffs = _diffs(connection, Scope(spec.source.scope), inputs)
+    return files, diffs, counts, _changes(connection, spec, inputs, diffs, header)
+
+
+def _changes(
+    connection: duckdb.DuckDBPyConnection,
+    spec: ExtractionSpec,
+    inputs: RunInputs,
+    diffs: dict[Entity, EntityDiff],
+    header: ChangeHeader,
+) -> pa.Table:
+    """The run's change records, from the same rows as its diff (the touched tables only)."""
+    views: dict[Entity, tuple[str, str]] = {
+        "database": ("previous_databases", "new_databases"),
+        "schema": ("previous_schemas", "new_schemas"),
+        "table": ("diff_old_tables", "diff_new_tables"),
+        "column": ("diff_old_columns", "diff_new_columns"),
+    }
+    rows = {
+        side: {
+            entity: conform(
+                connection.sql(f"SELECT * FROM {pair[index]}").to_arrow_table(), SCHEMAS[entity]
+            )
+            for entity, pair in views.items()
+        }
+        for index, side in enumerate(("old", "new"))
+    }
+    deleted_tables = inputs.deleted.select([*KEY_COLUMNS["table"], "reason"])
+    reasons = Reasons(
+        deleted={
+            "database": diffs["database"].deleted,
+            "schema": diffs["schema"].deleted,
+            "table": deleted_tables,
+        }
+    )
+    return change_records(
+        connection,
+        StatePair(rows["old"], rows["new"]),
+        header,
+        reasons=reasons,
+        stable_column_ids=stable_column_ids(spec.source.kind),
+    )
 
 
 def _count(connection: duckdb.DuckDBPyConnection, view: str) -> int:

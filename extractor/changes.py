@@ -20,6 +20,7 @@ columns move with it and get a record only if they changed themselves.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -89,6 +90,13 @@ class Reasons:
     """database_name, schema_name, table_name, reason (plan's classification reason)."""
     deleted: Mapping[Entity, pa.Table] | None = None
     """Per entity: its key columns and reason (dropped / out_of_scope)."""
+
+
+def stable_column_ids(source_kind: str) -> bool:
+    """Whether a source's column positions identify columns across renames: PostgreSQL's attnum
+    never moves or comes back within a table; SQLite's and MySQL's positions shift when a
+    column is dropped."""
+    return source_kind == "postgresql"
 
 
 def change_records(
@@ -384,3 +392,14 @@ def _rows(connection: duckdb.DuckDBPyConnection, sql: str, header: ChangeHeader)
         for f in CHANGE_SCHEMA
     ]
     return pa.Table.from_arrays(arrays, schema=CHANGE_SCHEMA)
+
+
+def change_lines(records: pa.Table) -> bytes:
+    """Change records as JSON Lines: `before` and `after` as objects, times in ISO 8601."""
+    lines = []
+    for row in records.to_pylist():
+        row["marker"] = row["marker"].isoformat().replace("+00:00", "Z")
+        for side in ("before", "after"):
+            row[side] = json.loads(row[side]) if row[side] is not None else None
+        lines.append(json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n")
+    return "".join(lines).encode()

@@ -10,6 +10,7 @@ the operator can read batch counts and failure reasons from the pod status.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sys
@@ -292,6 +293,137 @@ def verify(config: ConfigOption = None) -> None:
     print(report.to_json(), flush=True)
     if not report.ok:
         raise typer.Exit(EXIT_TERMINAL)
+
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="JSON (one object per line) instead of a table.")
+]
+
+
+def _look_back(config: Path | None, work: Callable[..., Coroutine[Any, Any, None]]) -> None:
+    """Run a read-only command over kept states; errors exit as the phases' do."""
+    from metatide.extractor.storage import open_store
+
+    logs.configure(os.environ.get("METATIDE_LOG_LEVEL", "WARNING"))
+    try:
+        spec = _load_spec(config)
+        with _workdir() as workdir:
+            asyncio.run(work(spec, open_store(spec), workdir))
+    except MetatideError as exc:
+        logs.log.error("failed", error=type(exc).__name__, message=str(exc))
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _print_rows(rows: Any, as_json: bool, title: str, entity: str = "table") -> None:
+    from metatide.extractor.changes import change_lines
+    from metatide.extractor.console import changes_table, print_table, rows_table
+
+    if "change" in rows.column_names and "changed_fields" in rows.column_names:
+        if as_json:
+            sys.stdout.write(change_lines(rows).decode())
+        else:
+            print_table(changes_table(rows, title))
+        return
+    if as_json:
+        for row in rows.to_pylist():
+            print(json.dumps(row, default=str, ensure_ascii=False))
+    else:
+        print_table(rows_table(rows, entity, title))
+
+
+@app.command()
+def show(
+    config: ConfigOption = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="A kept run's id. Default: the newest state.")
+    ] = None,
+    entity: Annotated[
+        str, typer.Option("--entity", help="database, schema, table or column.")
+    ] = "table",
+    match: Annotated[
+        str | None,
+        typer.Option("--match", help="Glob on SCHEMA.TABLE (or SCHEMA.TABLE.COLUMN)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The state as of a kept run: its databases, schemas, tables or columns."""
+    from metatide.extractor.history import kept, pick, read_rows, select_rows
+
+    async def work(spec: ExtractionSpec, store: Any, workdir: Path) -> None:
+        manifest = pick(await kept(store, spec.state.keep_runs), as_of, "show")
+        rows = await read_rows(store, spec, manifest, workdir, columns=entity == "column")
+        chosen = select_rows(rows, entity, match)
+        _print_rows(chosen, as_json, f"{entity} rows as of run {manifest.run_id}", entity)
+
+    _look_back(config, work)
+
+
+@app.command()
+def diff(
+    config: ConfigOption = None,
+    from_run: Annotated[str, typer.Option("--from", help="The older kept run's id.")] = "",
+    to_run: Annotated[
+        str | None, typer.Option("--to", help="The newer kept run's id. Default: the newest.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change records between two kept states, computed from the states themselves."""
+    from metatide.extractor.history import diff_between, kept, pick
+
+    async def work(spec: ExtractionSpec, store: Any, workdir: Path) -> None:
+        if not from_run:
+            raise SpecError("pass --from RUN (a kept run's id; `metatide show --help`)")
+        states = await kept(store, spec.state.keep_runs)
+        older, newer = pick(states, from_run, "diff"), pick(states, to_run, "diff")
+        records, _ = await diff_between(store, spec, older, newer, workdir)
+        _print_rows(records, as_json, f"changes from run {older.run_id} to run {newer.run_id}")
+
+    _look_back(config, work)
+
+
+@app.command()
+def history(
+    table: Annotated[str, typer.Argument(help="TABLE, SCHEMA.TABLE or DATABASE.SCHEMA.TABLE.")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A table's versions across the kept states, and what changed each time."""
+    from metatide.extractor.history import resolve_table, table_history
+
+    async def work(spec: ExtractionSpec, store: Any, workdir: Path) -> None:
+        key = await resolve_table(store, spec, table, workdir)
+        versions, meter = await table_history(store, spec, key, workdir)
+        if as_json:
+            print(json.dumps(_history_document(key, versions, meter.bytes_read), default=str))
+            return
+        from metatide.extractor.console import history_view
+
+        history_view(key, versions)
+
+    _look_back(config, work)
+
+
+def _history_document(key: Any, versions: Any, bytes_read: int) -> dict[str, Any]:
+    return {
+        "table": list(key),
+        "bytes_read": bytes_read,
+        "versions": [
+            {
+                "run_id": version.manifest.run_id,
+                "committed_at": version.manifest.committed_at.isoformat(),
+                "name": list(version.key),
+                "exists": version.table.num_rows > 0,
+                "changes": [json.loads(line) for line in _lines(version.changes)],
+            }
+            for version in versions
+        ],
+    }
+
+
+def _lines(records: Any) -> list[str]:
+    from metatide.extractor.changes import change_lines
+
+    return change_lines(records).decode().splitlines()
 
 
 @app.command()

@@ -64,6 +64,11 @@ def diff_key(run_id: RunId, entity: str, extension: str, deleted: bool = False) 
     return f"runs/{run_id}/{folder}/part-00000.{extension}"
 
 
+def changes_key(run_id: RunId, extension: str = "parquet") -> str:
+    """The run's change records (`changes`), as Parquet and as JSON Lines."""
+    return f"runs/{run_id}/changes.{extension}"
+
+
 def summary_key(run_id: RunId) -> str:
     return f"runs/{run_id}/summary.json"
 
