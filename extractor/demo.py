@@ -1,9 +1,10 @@
 """`metatide demo`: the whole product in one command, on an embedded SQLite database.
 
 It creates a small shop database in a temporary folder, runs a full extraction into a
-local-directory store, changes the schema (create, alter, drop, comment), runs again, and
-prints what the second run found: the incremental diff, read back from the store the same
-way a consumer would read it.
+local-directory store, changes the schema (create, alter, rename, drop, comment), runs again,
+and prints what the second run recorded: its change records (before and after of every
+changed attribute, the rename as a rename), read back from the store the same way a
+consumer would read them.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
-from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
-from rich.table import Table
 
+from metatide.extractor.console import changes_table
 from metatide.extractor.ids import RunId
 from metatide.extractor.phases.run import run
-from metatide.extractor.runfiles import diff_key
+from metatide.extractor.runfiles import changes_key
 from metatide.extractor.spec import ExtractionSpec, parse_spec
 from metatide.extractor.storage import Store, open_store
 
@@ -44,7 +45,8 @@ CREATE VIEW order_totals AS SELECT customer_id, SUM(total) AS spent FROM orders 
 CHANGES = """
 CREATE TABLE invoices (id INTEGER PRIMARY KEY, order_id INTEGER NOT NULL, issued_on DATE);
 ALTER TABLE orders ADD COLUMN shipped_at TIMESTAMP;
-DROP TABLE products;
+ALTER TABLE products RENAME TO catalog_items;
+DROP VIEW order_totals;
 CREATE TABLE customers_new (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL,
@@ -88,11 +90,13 @@ def run_demo(keep: Path | None = None) -> None:
         )
         _execute(database, CHANGES)
         console.print(
-            "[bold]DDL:[/] create invoices, alter orders, drop products, comment customers.email"
+            "[bold]DDL:[/] create invoices, add orders.shipped_at, rename products to "
+            "catalog_items, drop the view order_totals, comment customers.email"
         )
         second = asyncio.run(run(spec, store, folder))
         console.print(f"[bold]run 2[/] ({second['run_id']}): tables {second['tables']}")
-        console.print(_diff_table(asyncio.run(_read_diff(store, RunId(second["run_id"])))))
+        records = asyncio.run(_read_changes(store, RunId(second["run_id"])))
+        console.print(changes_table(records, "change records of run 2"))
         if keep is None:
             console.print("(the demo's files were removed; `metatide demo --keep DIR` keeps them)")
         else:
@@ -107,25 +111,5 @@ def _execute(database: Path, script: str) -> None:
         connection.executescript(script)
 
 
-async def _read_diff(store: Store, run_id: RunId) -> list[dict[str, Any]]:
-    rows = []
-    for entity in ("database", "schema", "table", "column"):
-        for deleted in (False, True):
-            data = (await store.get(diff_key(run_id, entity, "parquet", deleted))).data
-            for row in pq.read_table(io.BytesIO(data)).to_pylist():
-                rows.append({"entity": entity, **row, "change": row.get("change") or "deleted"})
-    return rows
-
-
-def _diff_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="incremental diff of run 2")
-    for name in ("change", "entity", "name", "detail"):
-        table.add_column(name)
-    for row in rows:
-        parts = [row.get(key) for key in ("schema_name", "table_name", "column_name")]
-        name = ".".join(str(part) for part in parts if part)
-        detail = row.get("reason") or row.get("data_type") or row.get("table_type") or ""
-        if row.get("comment"):
-            detail = f"{detail} -- {row['comment']}"
-        table.add_row(row["change"], row["entity"], name, str(detail))
-    return table
+async def _read_changes(store: Store, run_id: RunId) -> pa.Table:
+    return pq.read_table(io.BytesIO((await store.get(changes_key(run_id))).data))

@@ -293,14 +293,15 @@ def test_termination_log_gets_the_error(tmp_path: Path) -> None:
     assert log.read_text(encoding="utf-8").startswith("SourceUnavailableError: ")
 
 
-def test_demo_prints_created_updated_and_deleted(tmp_path: Path) -> None:
+def test_demo_prints_a_rename_and_a_before_and_after(tmp_path: Path) -> None:
     result = invoke(["demo", "--keep", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.stderr
-    output = result.stdout
-    for change in ("created", "updated", "deleted"):
+    output = " ".join(result.stdout.split())
+    for change in ("created", "updated", "deleted", "renamed"):
         assert change in output
-    assert "invoices" in output
-    assert "products" in output
+    assert "main.catalog_items" in output
+    assert "was main.products" in output
+    assert "comment: ∅ → 'where" in output  # before and after of the changed attribute
 
 
 def test_force_full_flag(spec_file: Path) -> None:
@@ -426,3 +427,86 @@ def test_verify_reports_a_sound_state_then_names_a_damaged_file(
 def test_verify_of_an_empty_store_is_fine(spec_file: Path) -> None:
     line = result_line(invoke(["verify", "--config", str(spec_file)]))
     assert (line["ok"], line["files"], line["run_id"]) == (True, 0, None)
+
+
+def history_store(spec_file: Path, database: Path) -> list[str]:
+    """Three kept states: first run, then orders renamed and a column added, then an ALTER."""
+    runs = [result_line(invoke(["run", "-c", str(spec_file)]))["run_id"]]
+    with sqlite3.connect(database) as connection:
+        connection.executescript(
+            "ALTER TABLE orders RENAME TO purchases; ALTER TABLE customers ADD COLUMN email TEXT;"
+        )
+    connection.close()
+    runs.append(result_line(invoke(["run", "-c", str(spec_file)]))["run_id"])
+    with sqlite3.connect(database) as connection:
+        connection.executescript("ALTER TABLE purchases ADD COLUMN note TEXT;")
+    connection.close()
+    runs.append(result_line(invoke(["run", "-c", str(spec_file)]))["run_id"])
+    return runs
+
+
+def test_show_diff_and_history_look_back_over_kept_states(spec_file: Path, database: Path) -> None:
+    first, second, third = history_store(spec_file, database)
+    shown = invoke(["show", "-c", str(spec_file), "--as-of", first, "--json"])
+    assert shown.exit_code == 0, shown.stderr
+    names = [json.loads(line)["table_name"] for line in shown.stdout.splitlines()]
+    assert names == ["customers", "orders", "products"]
+    columns = invoke(
+        ["show", "-c", str(spec_file), "--entity", "column", "--match", "main.purch*", "--json"]
+    )
+    listed = [json.loads(line)["column_name"] for line in columns.stdout.splitlines()]
+    assert listed == ["customer_id", "id", "note", "total"]  # in key order
+
+    diffed = invoke(["diff", "-c", str(spec_file), "--from", first, "--to", third, "--json"])
+    assert diffed.exit_code == 0, diffed.stderr
+    records = [json.loads(line) for line in diffed.stdout.splitlines()]
+    summary = sorted((r["entity"], r["change"], r["table_name"], r["column_name"]) for r in records)
+    assert summary == [
+        ("column", "created", "customers", "email"),
+        ("column", "created", "purchases", "note"),
+        ("table", "renamed", "purchases", None),
+    ]
+    renamed = next(r for r in records if r["change"] == "renamed")
+    assert (renamed["previous_table_name"], renamed["run_id"]) == ("orders", third)
+
+    # Consecutive states: the diff equals what the later run recorded itself.
+    for older, newer in ((first, second), (second, third)):
+        computed = invoke(["diff", "-c", str(spec_file), "--from", older, "--to", newer, "--json"])
+        stored = (
+            (store_root(spec_file.parent) / "runs" / newer / "changes.jsonl")
+            .read_text()
+            .splitlines()
+        )
+        assert [json.loads(line) for line in computed.stdout.splitlines()] == [
+            json.loads(line) for line in stored
+        ]
+
+    history = invoke(["history", "purchases", "-c", str(spec_file), "--json"])
+    assert history.exit_code == 0, history.stderr
+    document = json.loads(history.stdout)
+    assert document["table"] == ["main", "main", "purchases"]
+    versions = [
+        (v["run_id"], v["name"][2], [c["change"] for c in v["changes"] if c["entity"] == "table"])
+        for v in document["versions"]
+    ]
+    assert versions == [
+        (first, "orders", ["created"]),
+        (second, "purchases", ["renamed"]),
+        (third, "purchases", []),
+    ]
+    assert any(c["column_name"] == "note" for c in document["versions"][2]["changes"])
+    table_view = invoke(["history", "main.purchases", "-c", str(spec_file)])
+    assert "was main.orders" in " ".join(table_view.stdout.split())
+
+
+def test_look_back_errors_name_the_kept_runs(spec_file: Path) -> None:
+    missing = invoke(["show", "-c", str(spec_file)])
+    assert missing.exit_code == EXIT_TERMINAL
+    assert "no committed state" in missing.stderr
+    run_id = result_line(invoke(["run", "-c", str(spec_file)]))["run_id"]
+    unknown = invoke(["diff", "-c", str(spec_file), "--from", "20200101t000000z-00000000"])
+    assert unknown.exit_code == EXIT_TERMINAL
+    assert run_id in unknown.stderr
+    ambiguous = invoke(["history", "nosuch", "-c", str(spec_file)])
+    assert ambiguous.exit_code == EXIT_TERMINAL
+    assert "no table 'nosuch'" in ambiguous.stderr
