@@ -193,6 +193,7 @@ class Catalog:
                 pa.nulls(p.tables, pa.timestamp("us", tz="UTC")),
                 pa.nulls(p.tables, pa.timestamp("us", tz="UTC")),
                 pa.array([fingerprint(i, 0) for i in range(p.tables)], pa.string()),
+                pa.array([str(16384 + i) for i in range(p.tables)], pa.string()),  # object ids
             ],
             schema=TABLE_SCHEMA,
         )

@@ -39,6 +39,7 @@ IGNORED_FIELDS: Final = frozenset({"fingerprint"})
 """Bookkeeping, not an attribute: it changes whenever anything else does."""
 
 _KEY_NAMES: Final = ("database_name", "schema_name", "table_name", "column_name")
+_TABLE_KEYS: Final = ", ".join(TABLE_KEY_COLUMNS)
 
 CHANGE_SCHEMA: Final = pa.schema(
     [
@@ -115,8 +116,33 @@ def change_records(
 
 def _register(connection: duckdb.DuckDBPyConnection, pair: StatePair, reasons: Reasons) -> None:
     for entity in ENTITIES:
-        connection.register(f"ch_old_{entity}", pair.old[entity])
-        connection.register(f"ch_new_{entity}", pair.new[entity])
+        connection.register(f"ch_old_{entity}_all", pair.old[entity])
+        connection.register(f"ch_new_{entity}_all", pair.new[entity])
+    for side in ("old", "new"):
+        for entity in ("database", "schema", "table"):
+            connection.execute(
+                f"CREATE OR REPLACE TEMP VIEW ch_{side}_{entity} AS "
+                f"SELECT * FROM ch_{side}_{entity}_all"
+            )
+    # A table row that is the same in both states (fingerprint and DDL time included) has the
+    # same columns in both: only the columns of the other tables are compared. That keeps a
+    # diff of two large states proportional to what changed.
+    connection.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE ch_touched AS
+        SELECT DISTINCT {_TABLE_KEYS} FROM (
+            (SELECT * FROM ch_old_table_all EXCEPT SELECT * FROM ch_new_table_all)
+            UNION ALL
+            (SELECT * FROM ch_new_table_all EXCEPT SELECT * FROM ch_old_table_all)
+        )
+        """
+    )
+    for side in ("old", "new"):
+        connection.execute(
+            f"CREATE OR REPLACE TEMP TABLE ch_{side}_column AS SELECT c.* FROM "
+            f"ch_{side}_column_all AS c SEMI JOIN ch_touched USING ({_TABLE_KEYS})"
+        )
+    for entity in ENTITIES:
         deleted = (reasons.deleted or {}).get(entity)
         if deleted is None:
             key_fields = [SCHEMAS[entity].field(name) for name in KEY_COLUMNS[entity]]
@@ -202,9 +228,6 @@ def _simple_statements(entity: Entity) -> list[str]:
     ]
 
 
-_TABLE_KEYS = ", ".join(TABLE_KEY_COLUMNS)
-
-
 def _renames_view(stable_column_ids: bool) -> str:
     """Pairs (previous key, new key) of tables renamed between the states."""
     column_match = (
@@ -213,7 +236,7 @@ def _renames_view(stable_column_ids: bool) -> str:
         else "oc.column_name = nc.column_name"
     )
     return f"""
-    CREATE OR REPLACE TEMP VIEW ch_renamed AS
+    CREATE OR REPLACE TEMP TABLE ch_renamed AS
     WITH gone AS (
         SELECT o.* FROM ch_old_table AS o ANTI JOIN ch_new_table AS n USING ({_TABLE_KEYS})
     ), came AS (
@@ -284,7 +307,7 @@ def _table_statements() -> list[str]:
 
 
 _MOVED_COLUMNS = """
-CREATE OR REPLACE TEMP VIEW ch_old_column_moved AS
+CREATE OR REPLACE TEMP TABLE ch_old_column_moved AS
 SELECT oc.* REPLACE (
            coalesce(x.n_database, oc.database_name) AS database_name,
            coalesce(x.n_schema, oc.schema_name) AS schema_name,
@@ -327,7 +350,7 @@ def _column_statements(stable_column_ids: bool) -> list[str]:
         else "SELECT *, NULL::VARCHAR AS new_column FROM ch_old_column_moved WHERE false"
     )
     return [
-        f"CREATE OR REPLACE TEMP VIEW ch_renamed_columns AS {renamed_pairs}",
+        f"CREATE OR REPLACE TEMP TABLE ch_renamed_columns AS {renamed_pairs}",
         f"""SELECT 'column' AS entity, 'created' AS change, {_key_select("column", "n")},
                    {_no_previous()}, []::VARCHAR[] AS changed_fields, NULL AS before,
                    {_full_json("column", "n")} AS after, {table_reason} AS reason
