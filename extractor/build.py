@@ -23,7 +23,13 @@ from metatide.extractor.ids import Entity, RunId
 from metatide.extractor.layers import TABLE_KEYS, create_logical_views, register_previous
 from metatide.extractor.manifest import FileRef, Manifest
 from metatide.extractor.merge import BucketRows, NewFiles, create_views, new_files
-from metatide.extractor.records import COLUMN_SCHEMA, KEY_COLUMNS, SCHEMAS, TABLE_SCHEMA
+from metatide.extractor.records import (
+    COLUMN_SCHEMA,
+    KEY_COLUMNS,
+    SCHEMAS,
+    TABLE_SCHEMA,
+    conform,
+)
 from metatide.extractor.runfiles import PlanDocument
 from metatide.extractor.scope import Scope
 from metatide.extractor.spec import ExtractionSpec
@@ -207,14 +213,29 @@ def _diffs(
         gone = connection.execute(f"SELECT {keys} FROM {old} ANTI JOIN {new} USING ({keys})")
         reasons = scope_reasons(entity, [tuple(key) for key in gone.fetchall()], scope)
         diffs[entity] = entity_diff(connection, entity, new, old, reasons, "dropped")
-    diffs["table"] = entity_diff(
+    tables = entity_diff(
         connection, "table", "diff_new_tables", "diff_old_tables", table_reasons, "dropped"
     )
+    diffs["table"] = EntityDiff(_with_reasons(connection, tables.changed), tables.deleted)
     columns = entity_diff(
         connection, "column", "diff_new_columns", "diff_old_columns", {}, "dropped"
     )
     diffs["column"] = EntityDiff(columns.changed, column_reasons(table_reasons, columns.deleted))
     return diffs
+
+
+def _with_reasons(connection: duckdb.DuckDBPyConnection, changed: pa.Table) -> pa.Table:
+    """Changed table rows with the reason plan classified each table for (`reason`)."""
+    keys = ", ".join(KEY_COLUMNS["table"])
+    connection.register("changed_table_rows", changed)
+    try:
+        result = connection.sql(
+            f"SELECT c.*, p.reason FROM changed_table_rows AS c "
+            f"JOIN planned AS p USING ({keys}) ORDER BY {keys}"
+        ).to_arrow_table()
+    finally:
+        connection.unregister("changed_table_rows")
+    return conform(result, changed.schema.append(pa.field("reason", pa.string())))
 
 
 async def _write_files(
