@@ -67,7 +67,7 @@ from metatide.extractor.errors import (
 from metatide.extractor.ids import TableKey
 from metatide.extractor.records import COLUMN_SCHEMA, TABLE_SCHEMA, rows_to_table
 from metatide.extractor.scope import Scope
-from metatide.extractor.sources.base import ColumnsResult
+from metatide.extractor.sources.base import Capabilities, ColumnsResult
 from metatide.extractor.spec import PostgresSourceSpec
 
 _IDLE_CONNECTIONS: Final = 4
@@ -285,6 +285,8 @@ class _Target:
 
 class PostgresSource:
     """A `Source` over one PostgreSQL server (one or many databases)."""
+
+    capabilities = Capabilities(ddl_time=False, creation_time=False, fingerprint=True)
 
     def __init__(self, spec: PostgresSourceSpec) -> None:
         self._spec = spec
