@@ -37,8 +37,9 @@ Choices worth knowing:
   one reads the whole schema and keeps what it asked for. View fingerprints are lookups.
 - The session is pinned on connect: time zone UTC, an empty sql_mode (ANSI_QUOTES,
   NO_BACKSLASH_ESCAPES or ORACLE would change how statements parse), utf8mb4, a
-  lock_wait_timeout of 30 s (a listing blocked behind a long DDL gives up with a retryable
-  error instead of hanging) and a group_concat_max_len that holds any fingerprint input.
+  lock_wait_timeout of 30 s (should a read ever wait for a metadata lock behind a DDL, it
+  gives up with a retryable error instead of hanging) and a group_concat_max_len that holds
+  any fingerprint input.
 - One connection per source object, opened on first use; concurrent calls take turns.
 - Driver errors are translated in one place (`_translate`, applied by `_driver_errors`):
   unreachable, restarting or overloaded servers and lock waits are `SourceUnavailableError`
