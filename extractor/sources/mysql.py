@@ -660,6 +660,9 @@ def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
 
 
 def _is_transient(exc: BaseException) -> bool:
+    """Worth another connection attempt (a certificate that fails verification is not)."""
+    if isinstance(_tls_failure(exc), ssl.SSLCertVerificationError):
+        return False
     return _code(exc) in _TRANSIENT_CODES or isinstance(exc, (OSError, TimeoutError))
 
 
