@@ -87,6 +87,72 @@ class Layout:
         return index % self.view_every == self.view_every - 1
 
 
+# Name and NOT NULL of the generated columns (20 by default); each script types them.
+COLUMN_TEMPLATE: tuple[tuple[str, bool], ...] = (
+    ("id", True),
+    ("created_at", True),
+    ("updated_at", False),
+    ("name", True),
+    ("description", False),
+    ("status", False),
+    ("amount", False),
+    ("quantity", True),
+    ("owner_id", False),
+    ("ratio", False),
+    ("score", False),
+    ("is_active", True),
+    ("payload", False),
+    ("tags", False),
+    ("external_id", False),
+    ("birth_date", False),
+    ("duration", False),
+    ("client_ip", False),
+    ("raw", False),
+    ("priority", False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedColumn:
+    """One column of a generated base table, before a script renders it in its SQL."""
+
+    name: str
+    template: str  # the COLUMN_TEMPLATE entry it is made from (decides its type)
+    not_null: bool
+    primary_key: bool  # the first column of three tables in four
+    comment: str | None
+
+
+def planned_columns(layout: Layout, index: int) -> list[PlannedColumn]:
+    """The columns of base table `index` (`t_{index:04d}`) of every generated schema."""
+    table_name = f"t_{index:04d}"
+    planned = []
+    for position in range(layout.columns):
+        slot = (position + index * layout.varied) % len(COLUMN_TEMPLATE)
+        base, not_null = COLUMN_TEMPLATE[slot]
+        column = base if position < len(COLUMN_TEMPLATE) else f"{base}_{position}"
+        if layout.varied:  # real catalogs rarely hold thousands of tables of one shape
+            column = f"{base}_{(index * 7 + position * 13) % 97}_{position}"
+        commented = (index + position) % 7 == 0
+        planned.append(
+            PlannedColumn(
+                name=column,
+                template=base,
+                not_null=not_null,
+                primary_key=position == 0 and index % 4 != 3,
+                comment=f"Column {column} of {table_name}: synthetic, for the benchmark"
+                if commented
+                else None,
+            )
+        )
+    return planned
+
+
+def table_comment(index: int) -> str | None:
+    """The comment of base table `index`, if it has one (one table in five)."""
+    return f"Synthetic table t_{index:04d}" if index % 5 == 0 else None
+
+
 def chosen_tables(layout: Layout, count: int, seed: int) -> list[tuple[int, int]]:
     """(schema index, relation index) of `count` random base tables, the same per seed."""
     rng = random.Random(seed)

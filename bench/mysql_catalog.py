@@ -30,35 +30,42 @@ from urllib.parse import unquote, urlsplit
 import asyncmy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _catalog import ADDED_PREFIX, Layout, chosen_tables, main
+from _catalog import (
+    ADDED_PREFIX,
+    Layout,
+    chosen_tables,
+    main,
+    planned_columns,
+    table_comment,
+)
 
 DEFAULT_ADMIN_DSN = "mysql://metatide:metatide-test@127.0.0.1:53306/"
 DSN_ENV = "METATIDE_BENCH_DSN"
 TABLES_PER_STATEMENT = 50
 
-# name, type, NOT NULL, default; relations cycle through these (20 columns by default).
-COLUMN_TEMPLATE: tuple[tuple[str, str, bool, str | None], ...] = (
-    ("id", "bigint", True, None),
-    ("created_at", "datetime(6)", True, "CURRENT_TIMESTAMP(6)"),
-    ("updated_at", "datetime", False, None),
-    ("name", "varchar(128)", True, None),
-    ("description", "text", False, None),
-    ("status", "char(3)", False, "'new'"),
-    ("amount", "decimal(12,2)", False, "0"),
-    ("quantity", "int", True, "1"),
-    ("owner_id", "bigint", False, None),
-    ("ratio", "double", False, None),
-    ("score", "float", False, None),
-    ("is_active", "boolean", True, "1"),
-    ("payload", "json", False, None),
-    ("tags", "varchar(255)", False, None),
-    ("external_id", "char(36)", False, None),
-    ("birth_date", "date", False, None),
-    ("duration", "time", False, None),
-    ("client_ip", "varbinary(16)", False, None),
-    ("raw", "blob", False, None),
-    ("priority", "smallint", False, "3"),
-)
+# Type and default of each template column (bench/_catalog.py names them).
+COLUMN_TYPES: dict[str, tuple[str, str | None]] = {
+    "id": ("bigint", None),
+    "created_at": ("datetime(6)", "CURRENT_TIMESTAMP(6)"),
+    "updated_at": ("datetime", None),
+    "name": ("varchar(128)", None),
+    "description": ("text", None),
+    "status": ("char(3)", "'new'"),
+    "amount": ("decimal(12,2)", "0"),
+    "quantity": ("int", "1"),
+    "owner_id": ("bigint", None),
+    "ratio": ("double", None),
+    "score": ("float", None),
+    "is_active": ("boolean", "1"),
+    "payload": ("json", None),
+    "tags": ("varchar(255)", None),
+    "external_id": ("char(36)", None),
+    "birth_date": ("date", None),
+    "duration": ("time", None),
+    "client_ip": ("varbinary(16)", None),
+    "raw": ("blob", None),
+    "priority": ("smallint", "3"),
+}
 
 
 # MySQL cannot key these without a prefix length.
@@ -83,27 +90,21 @@ def relation_ddl(layout: Layout, schema_index: int, index: int) -> str:
         return f"CREATE VIEW {schema}.{ident(name)} AS SELECT * FROM {schema}.{ident(base)}"
     name = f"t_{index:04d}"
     columns = []
-    for position in range(layout.columns):
-        slot = (position + index * layout.varied) % len(COLUMN_TEMPLATE)
-        base, data_type, not_null, default = COLUMN_TEMPLATE[slot]
-        column = base if position < len(COLUMN_TEMPLATE) else f"{base}_{position}"
-        if layout.varied:  # real catalogs rarely hold thousands of tables of one shape
-            column = f"{base}_{(index * 7 + position * 13) % 97}_{position}"
-        text = f"{ident(column)} {data_type}"
-        if position == 0 and index % 4 != 3 and data_type not in _UNKEYABLE:
+    for column in planned_columns(layout, index):
+        data_type, default = COLUMN_TYPES[column.template]
+        text = f"{ident(column.name)} {data_type}"
+        if column.primary_key and data_type not in _UNKEYABLE:
             text += " PRIMARY KEY"
-        elif not_null:
+        elif column.not_null:
             text += " NOT NULL"
         if default is not None:
             text += f" DEFAULT {default}"
-        if (index + position) % 7 == 0:
-            comment = f"Column {column} of {name}: synthetic, for the benchmark"
-            text += f" COMMENT {literal(comment)}"
+        if column.comment is not None:
+            text += f" COMMENT {literal(column.comment)}"
         columns.append(text)
-    table_comment = f" COMMENT {literal(f'Synthetic table {name}')}" if index % 5 == 0 else ""
-    return (
-        f"CREATE TABLE {schema}.{ident(name)} (\n  " + ",\n  ".join(columns) + f"\n){table_comment}"
-    )
+    comment = table_comment(index)
+    suffix = f" COMMENT {literal(comment)}" if comment is not None else ""
+    return f"CREATE TABLE {schema}.{ident(name)} (\n  " + ",\n  ".join(columns) + f"\n){suffix}"
 
 
 async def _connect(dsn: str) -> Any:

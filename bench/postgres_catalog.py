@@ -27,36 +27,43 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _catalog import ADDED_PREFIX, Layout, chosen_tables, main
+from _catalog import (
+    ADDED_PREFIX,
+    Layout,
+    chosen_tables,
+    main,
+    planned_columns,
+    table_comment,
+)
 
 DEFAULT_ADMIN_DSN = "postgresql://metatide:metatide-test@127.0.0.1:55432/postgres"
 DATABASE = "metatide_bench"
 DSN_ENV = "METATIDE_BENCH_DSN"
 TABLES_PER_STATEMENT = 50
 
-# name, type, NOT NULL, default; relations cycle through these (20 columns by default).
-COLUMN_TEMPLATE: tuple[tuple[str, str, bool, str | None], ...] = (
-    ("id", "bigint", True, None),
-    ("created_at", "timestamp with time zone", True, "now()"),
-    ("updated_at", "timestamp without time zone", False, None),
-    ("name", "character varying(128)", True, None),
-    ("description", "text", False, None),
-    ("status", "character(3)", False, "'new'"),
-    ("amount", "numeric(12,2)", False, "0"),
-    ("quantity", "integer", True, "1"),
-    ("owner_id", "bigint", False, None),
-    ("ratio", "double precision", False, None),
-    ("score", "real", False, None),
-    ("is_active", "boolean", True, "true"),
-    ("payload", "jsonb", False, None),
-    ("tags", "text[]", False, None),
-    ("external_id", "uuid", False, None),
-    ("birth_date", "date", False, None),
-    ("duration", "interval", False, None),
-    ("client_ip", "inet", False, None),
-    ("raw", "bytea", False, None),
-    ("priority", "smallint", False, "3"),
-)
+# Type and default of each template column (bench/_catalog.py names them).
+COLUMN_TYPES: dict[str, tuple[str, str | None]] = {
+    "id": ("bigint", None),
+    "created_at": ("timestamp with time zone", "now()"),
+    "updated_at": ("timestamp without time zone", None),
+    "name": ("character varying(128)", None),
+    "description": ("text", None),
+    "status": ("character(3)", "'new'"),
+    "amount": ("numeric(12,2)", "0"),
+    "quantity": ("integer", "1"),
+    "owner_id": ("bigint", None),
+    "ratio": ("double precision", None),
+    "score": ("real", None),
+    "is_active": ("boolean", "true"),
+    "payload": ("jsonb", None),
+    "tags": ("text[]", None),
+    "external_id": ("uuid", None),
+    "birth_date": ("date", None),
+    "duration": ("interval", None),
+    "client_ip": ("inet", None),
+    "raw": ("bytea", None),
+    "priority": ("smallint", "3"),
+}
 
 
 def ident(name: str) -> str:
@@ -90,27 +97,22 @@ def relation_ddl(layout: Layout, schema_index: int, index: int) -> str:
     qualified = f"{schema}.{ident(name)}"
     columns = []
     comments = []
-    for position in range(layout.columns):
-        slot = (position + index * layout.varied) % len(COLUMN_TEMPLATE)
-        base, data_type, not_null, default = COLUMN_TEMPLATE[slot]
-        column = base if position < len(COLUMN_TEMPLATE) else f"{base}_{position}"
-        if layout.varied:  # real catalogs rarely hold thousands of tables of one shape
-            column = f"{base}_{(index * 7 + position * 13) % 97}_{position}"
-        text = f"{ident(column)} {data_type}"
-        if position == 0 and index % 4 != 3:
+    for column in planned_columns(layout, index):
+        data_type, default = COLUMN_TYPES[column.template]
+        text = f"{ident(column.name)} {data_type}"
+        if column.primary_key:
             text += " PRIMARY KEY"
-        elif not_null:
+        elif column.not_null:
             text += " NOT NULL"
         if default is not None:
             text += f" DEFAULT {default}"
         columns.append(text)
-        if (index + position) % 7 == 0:
+        if column.comment is not None:
             comments.append(
-                f"COMMENT ON COLUMN {qualified}.{ident(column)} IS "
-                f"{literal(f'Column {column} of {name}: synthetic, for the benchmark')}"
+                f"COMMENT ON COLUMN {qualified}.{ident(column.name)} IS {literal(column.comment)}"
             )
-    if index % 5 == 0:
-        comments.append(f"COMMENT ON TABLE {qualified} IS {literal(f'Synthetic table {name}')}")
+    if (comment := table_comment(index)) is not None:
+        comments.append(f"COMMENT ON TABLE {qualified} IS {literal(comment)}")
     create = f"CREATE TABLE {qualified} (\n  " + ",\n  ".join(columns) + "\n)"
     return ";\n".join([create, *comments]) + ";\n"
 

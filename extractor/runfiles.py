@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,15 +33,7 @@ TableReason = Literal[
     "ddl_time_changed",
     "unchanged",
 ]
-TABLE_REASONS: Final[tuple[TableReason, ...]] = (
-    "new_after_marker",
-    "new_before_marker",
-    "type_changed",
-    "ddl_time_after_marker",
-    "fingerprint_changed",
-    "ddl_time_changed",
-    "unchanged",
-)
+TABLE_REASONS: Final[tuple[TableReason, ...]] = get_args(TableReason)
 """Why plan classified a table as it did (see `metatide.extractor.classify`)."""
 
 PLAN_FORMAT_VERSION: Final = 1

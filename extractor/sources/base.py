@@ -9,7 +9,7 @@ its `Capabilities`; tests/integration/test_source_contract.py holds every source
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -94,3 +94,24 @@ class Source(Protocol):
     async def columns(self, tables: Sequence[TableKey]) -> ColumnsResult:
         """Columns (COLUMN_SCHEMA) of exactly the requested tables."""
         ...
+
+
+def reveals_secret(exc: BaseException, secrets: Iterable[str]) -> bool:
+    """Whether a driver error, or one it was raised from, shows one of the secrets.
+
+    An error that does is translated with ``raise ... from None``, so no traceback shows it.
+    """
+    texts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(texts) < 10:  # a chain, bounded against cycles
+        texts.append(f"{seen}\n{seen!r}")
+        seen = seen.__cause__ or seen.__context__
+    text = "\n".join(texts)
+    return any(secret and secret in text for secret in secrets)
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """The text with every secret (longest first, so none is half-replaced) as ``***``."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text

@@ -78,7 +78,13 @@ from metatide.extractor.errors import (
 from metatide.extractor.ids import TableKey
 from metatide.extractor.records import COLUMN_SCHEMA, TABLE_SCHEMA, rows_to_table
 from metatide.extractor.scope import Scope
-from metatide.extractor.sources.base import FINGERPRINT_HEX_DIGITS, Capabilities, ColumnsResult
+from metatide.extractor.sources.base import (
+    FINGERPRINT_HEX_DIGITS,
+    Capabilities,
+    ColumnsResult,
+    reveals_secret,
+    scrub,
+)
 from metatide.extractor.spec import MysqlSourceSpec, TlsSpec
 
 DATABASE: Final = "default"
@@ -488,14 +494,14 @@ class MysqlSource:
             yield
         except _DRIVER_ERRORS as exc:
             error = self._translate(exc, connecting=connecting)
-            if self._reveals_secret(exc):
+            if reveals_secret(exc, self._secrets()):
                 raise error from None
             raise error from exc
 
     def _translate(self, exc: BaseException, *, connecting: bool) -> MetatideError:
         target = self._require_target()
         where = target.describe()
-        reason = self._scrub(_reason(exc))
+        reason = scrub(_reason(exc), self._secrets())
         code = _code(exc)
         env = self._spec.dsn_from.env
         tls = _tls_failure(exc)
@@ -535,20 +541,6 @@ class MysqlSource:
     def _secrets(self) -> list[str]:
         password = self._target.password if self._target else ""
         return [secret for secret in (password, quote(password)) if secret]
-
-    def _reveals_secret(self, exc: BaseException) -> bool:
-        seen = exc
-        texts: list[str] = []
-        while seen is not None and len(texts) < 10:
-            texts.append(f"{seen}\n{seen!r}")
-            seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
-        text = "\n".join(texts)
-        return any(secret in text for secret in self._secrets())
-
-    def _scrub(self, text: str) -> str:
-        for secret in sorted(self._secrets(), key=len, reverse=True):
-            text = text.replace(secret, "***")
-        return text
 
 
 def _column_table(schema: str, records: list[Any]) -> pa.Table:
