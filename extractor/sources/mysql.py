@@ -58,7 +58,7 @@ import ssl
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Final, Self
@@ -214,8 +214,8 @@ class _Target:
     host: str
     port: int
     user: str
-    password: str
-    database: str | None
+    password: str = field(repr=False)
+    database: str | None = None
 
     @classmethod
     def parse(cls, dsn: str, env: str) -> _Target:
