@@ -128,7 +128,7 @@ async def _run(dsn: str, *statements: str) -> list[Any]:
                 await cursor.execute(statement)
                 rows = list(await cursor.fetchall())
     finally:
-        connection.close()
+        await connection.ensure_closed()
     return rows
 
 

@@ -237,7 +237,7 @@ async def _mysql_execute(statements: tuple[str, ...]) -> list[Any]:
     try:
         return await mysql_run(connection, *statements)
     finally:
-        connection.close()
+        await connection.ensure_closed()
 
 
 def mysql_execute(*statements: str) -> list[Any]:

@@ -542,21 +542,21 @@ class MysqlMachine(IncrementalMachine):
         schemas = await self._prefixed()
         relations: dict[tuple[str, str], Relation] = {}
         for schema in schemas:
-            rows = await mysql_run(
+            where = f"WHERE TABLE_SCHEMA = {mysql_literal(schema)}"
+            listed = await mysql_run(
                 self.connection,
-                "SELECT t.TABLE_NAME, t.TABLE_TYPE, c.COLUMN_NAME "
-                "FROM information_schema.TABLES t LEFT JOIN information_schema.COLUMNS c "
-                "ON c.TABLE_SCHEMA = t.TABLE_SCHEMA AND c.TABLE_NAME = t.TABLE_NAME "
-                f"AND c.TABLE_SCHEMA = {mysql_literal(schema)} "
-                f"WHERE t.TABLE_SCHEMA = {mysql_literal(schema)} "
-                "ORDER BY t.TABLE_NAME, c.ORDINAL_POSITION",
+                f"SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES {where}",
             )
-            for name, kind, column in rows:
-                relation = relations.setdefault(
-                    (schema, name), (schema, name, "v" if kind == "VIEW" else "r", [])
-                )
-                if column is not None:
-                    relation[3].append(column)
+            for name, kind in sorted(listed):
+                relations[(schema, name)] = (schema, name, "v" if kind == "VIEW" else "r", [])
+            columns = await mysql_run(
+                self.connection,
+                "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS "
+                f"{where} ORDER BY TABLE_NAME, ORDINAL_POSITION",
+            )
+            for name, column in columns:
+                if (schema, name) in relations:
+                    relations[(schema, name)][3].append(column)
         return schemas, list(relations.values())
 
     def source(self) -> dict[str, Any]:
@@ -570,7 +570,7 @@ class MysqlMachine(IncrementalMachine):
         return {"marker": {"preponeHours": 0}}
 
     def close(self) -> None:
-        self.connection.close()
+        self.loop.run_until_complete(self.connection.ensure_closed())
 
     def q(self, schema: str, name: str) -> str:
         return f"{mysql_ident(self.schema(schema))}.{mysql_ident(name)}"
