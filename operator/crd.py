@@ -393,8 +393,12 @@ class _Union:
 
 def _undescribed(node: Any) -> Any:
     """A schema without its descriptions, at every level (to compare shapes)."""
-    if isinstance(node, dict):
-        return {key: _undescribed(value) for key, value in node.items() if key != "description"}
+    if isinstance(node, dict):  # a property *named* description is a schema, not text
+        return {
+            key: _undescribed(value)
+            for key, value in node.items()
+            if not (key == "description" and isinstance(value, str))
+        }
     if isinstance(node, list):
         return [_undescribed(item) for item in node]
     return node
@@ -414,10 +418,10 @@ def _merge_descriptions(discriminator: str, variants: list[tuple[str, Any]]) -> 
     merged: Schema = {}
     texts: dict[str, list[str]] = {}  # description -> the kinds that say it
     for t, node in variants:
-        if node.get("description"):
+        if isinstance(node.get("description"), str) and node["description"]:
             texts.setdefault(node["description"], []).append(t)
     for key in {**first, **({"description": ""} if texts else {})}:
-        if key == "description":
+        if key == "description" and not isinstance(first.get(key), dict):
             described = sum(len(tags) for tags in texts.values())
             if len(texts) == 1 and described == len(variants):
                 merged[key] = next(iter(texts))

@@ -358,6 +358,9 @@ def test_union_merges_descriptions_at_every_level_but_not_shapes() -> None:
     field = flat["properties"]["f"]
     assert field["description"] == "For kind a or c: A. For kind b: B."
     assert field["properties"]["x"]["description"] == "For kind b: inner"
+    named = {"type": "object", "properties": {"description": {"type": "string"}}}
+    flat = converter.convert(_union(("a", {"g": named}), ("b", {"g": named})), "s")
+    assert flat["properties"]["g"]["properties"] == {"description": {"type": "string"}}
     reshaped = {"type": "object", "properties": {"x": {"type": "integer"}}}
     with pytest.raises(crd.CRDSchemaError, match="not only in its description"):
         converter.convert(_union(("a", {"f": first}), ("b", {"f": reshaped})), "s")
