@@ -41,7 +41,6 @@ from metatide.extractor.runfiles import (
     BATCH_SCHEMA,
     DELETED_TABLE_SCHEMA,
     PLANNED_TABLE_SCHEMA,
-    TABLE_REASONS,
     PlanDocument,
     batch_request_key,
     batch_result_key,
@@ -235,7 +234,7 @@ def _summary(
         "marker_used": plan.marker_used.isoformat(),
         "next_marker": plan.next_marker.isoformat(),
         "tables": {**plan.tables_by_state, "deleted": len(reasons)},
-        "tables_by_reason": _count(inputs.planned.column("reason").to_pylist(), TABLE_REASONS),
+        "tables_by_reason": plan.tables_by_reason,
         "tables_deleted_by_reason": {r: reasons.count(r) for r in ("dropped", "out_of_scope")},
         "columns": {
             "extracted": built.fresh_columns,
@@ -255,10 +254,6 @@ def _summary(
         "batches": plan.batch_count,
         "durations_seconds": {name: round(value, 3) for name, value in durations.items()},
     }
-
-
-def _count(values: list[str], names: tuple[str, ...]) -> dict[str, int]:
-    return {name: values.count(name) for name in names}
 
 
 async def _write_diff(
