@@ -3,7 +3,8 @@
     PYTHONSAFEPATH=1 uv run python bench/report.py [--json]
 
 The benchmark scripts write their sections of results.json (postgres_catalog.py,
-finalize_synthetic.py) and print this table at their end; run this to see it again.
+mysql_catalog.py, finalize_synthetic.py) and print this table at their end; run this to see it
+again.
 """
 
 from __future__ import annotations
@@ -18,43 +19,52 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_PATH, human_bytes, table
 
 SCENARIO_LABELS = {
-    "a_full": "pg a. full run (10k tables)",
-    "b_no_change": "pg b. no-change run",
-    "c_one_percent": "pg c. 1 % tables altered",
+    "a_full": "a. full run (10k tables)",
+    "b_no_change": "b. no-change run",
+    "c_one_percent": "c. 1 % tables altered",
 }
+CATALOGS = {"postgres_catalog": "pg", "mysql_catalog": "mysql"}
+
+
+def _catalog_rows(section: dict[str, Any] | None, short: str) -> list[list[Any]]:
+    """The three scenario rows of one catalog benchmark (none if it has not run)."""
+    rows: list[list[Any]] = []
+    if not section:
+        return rows
+    for scenario, label in SCENARIO_LABELS.items():
+        runs = [r for r in section["runs"] if r["scenario"] == scenario]
+        cli = [r for r in runs if r["mode"] == "cli"] or runs
+        api = [r for r in runs if r["mode"] == "api"]
+        verdict = section["verdicts"][scenario]
+        target = verdict["target"]
+        wanted = [f"<= {target['seconds']:g} s"]
+        if "rss_mib" in target:
+            wanted.append(f"<= {target['rss_mib']:g} MiB")
+        if "written_pct" in target:
+            wanted.append(f"<= {target['written_pct']:g} % written")
+        if scenario == "b_no_change":
+            wanted.append("manifest only")
+        rows.append(
+            [
+                f"{short} {label}",
+                " / ".join(f"{r['wall_seconds']:.2f}" for r in cli),
+                " / ".join(f"{r['work_seconds']:.2f}" for r in api) or "-",
+                f"{verdict['worst']['rss_mib']:.0f}",
+                " / ".join(
+                    f"{human_bytes(r['written_bytes'])} ({r['written_pct']:.1f} %)" for r in cli
+                ),
+                ", ".join(wanted),
+                " ".join(f"{k}:{v}" for k, v in verdict["checks"].items()),
+            ]
+        )
+    return rows
 
 
 def final_rows(results: dict[str, Any]) -> list[list[Any]]:
     """One row per measured target."""
     rows: list[list[Any]] = []
-    pg = results.get("postgres_catalog")
-    if pg:
-        for scenario, label in SCENARIO_LABELS.items():
-            runs = [r for r in pg["runs"] if r["scenario"] == scenario]
-            cli = [r for r in runs if r["mode"] == "cli"] or runs
-            api = [r for r in runs if r["mode"] == "api"]
-            verdict = pg["verdicts"][scenario]
-            target = verdict["target"]
-            wanted = [f"<= {target['seconds']:g} s"]
-            if "rss_mib" in target:
-                wanted.append(f"<= {target['rss_mib']:g} MiB")
-            if "written_pct" in target:
-                wanted.append(f"<= {target['written_pct']:g} % written")
-            if scenario == "b_no_change":
-                wanted.append("manifest only")
-            rows.append(
-                [
-                    label,
-                    " / ".join(f"{r['wall_seconds']:.2f}" for r in cli),
-                    " / ".join(f"{r['work_seconds']:.2f}" for r in api) or "-",
-                    f"{verdict['worst']['rss_mib']:.0f}",
-                    " / ".join(
-                        f"{human_bytes(r['written_bytes'])} ({r['written_pct']:.1f} %)" for r in cli
-                    ),
-                    ", ".join(wanted),
-                    " ".join(f"{k}:{v}" for k, v in verdict["checks"].items()),
-                ]
-            )
+    for section, short in CATALOGS.items():
+        rows += _catalog_rows(results.get(section), short)
     fin = results.get("finalize_synthetic")
     if fin:
         verdict = fin["verdicts"]

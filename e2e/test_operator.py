@@ -2,8 +2,8 @@
 
 The chart is installed with `helm install`; the test kubelet runs the operator pod and every
 phase Job pod as local processes (`metatide operator`, `metatide plan|columns|finalize`) with
-the pods' ServiceAccount tokens, so RBAC applies for real. The source is the real PostgreSQL
-and the store the real MinIO that .ci/run starts; pods reach them on 127.0.0.1.
+the pods' ServiceAccount tokens, so RBAC applies for real. The sources are the real PostgreSQL
+and MariaDB and the store the real MinIO that .ci/run starts; pods reach them on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -25,10 +25,17 @@ from localkube.testkit import Cluster, wait_for
 
 from tests.services import (
     create_database,
+    create_mysql_database,
     delete_bucket,
     drop_database,
+    drop_mysql_database,
     execute_sql,
     fresh_bucket,
+    mysql_ca,
+    mysql_dsn,
+    mysql_execute,
+    mysql_ident,
+    require_mysql,
     require_postgres,
     require_s3,
     s3_client,
@@ -541,6 +548,72 @@ def test_metrics_count_the_runs(first_run: JSON, world: JSON) -> None:
     assert counted, text[:2000]
     assert all(float(line.rsplit(" ", 1)[1]) >= 1 for line in counted)
     assert "metatide_run_duration_seconds_bucket" in text
+
+
+@pytest.fixture(scope="module")
+def mariadb(cluster: Cluster, world: JSON) -> Iterator[str]:
+    """A MariaDB database with two tables and a view; its DSN and CA in a Secret."""
+    require_mysql()
+    schema = f"mt_e2e_{uuid.uuid4().hex[:8]}"
+    create_mysql_database(schema)
+    db = mysql_ident(schema)
+    mysql_execute(
+        f"CREATE TABLE {db}.orders (id int PRIMARY KEY, total decimal(10,2))",
+        f"CREATE TABLE {db}.customers (id int, name varchar(80) COMMENT 'who')",
+        f"CREATE VIEW {db}.big_orders AS SELECT id FROM {db}.orders WHERE total > 100",
+    )
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "mariadb", "namespace": world["namespace"]},
+            "stringData": {"dsn": mysql_dsn(), "ca.crt": Path(mysql_ca()).read_text()},
+        }
+    )
+    yield schema
+    drop_mysql_database(schema)
+
+
+def test_a_resource_reads_mariadb_over_verified_tls(
+    cluster: Cluster, world: JSON, mariadb: str
+) -> None:
+    # The operator knows no source: the spec's secret references (DSN and TLS CA of the
+    # mysql kind) reach the pods all the same.
+    namespace = world["namespace"]
+    body = resource("shop-mariadb", world, marker={"preponeHours": 0})
+    body["spec"]["source"] = {
+        "kind": "mysql",
+        "dsnFrom": {
+            "env": "METATIDE_SOURCE_DSN",
+            "secretKeyRef": {"name": "mariadb", "key": "dsn"},
+        },
+        "tls": {
+            "mode": "verify-identity",
+            "caFrom": {
+                "env": "METATIDE_MYSQL_CA",
+                "secretKeyRef": {"name": "mariadb", "key": "ca.crt"},
+            },
+        },
+        "scope": {"include": [{"schema": mariadb}]},
+    }
+    cluster.apply(body)
+    first = wait_status(
+        cluster, namespace, "shop-mariadb", "the first MariaDB run", succeeded_after(None)
+    )
+    assert first["lastSuccessfulRun"]["createdTables"] == 3
+    mysql_execute(f"ALTER TABLE {mysql_ident(mariadb)}.orders ADD COLUMN shipped datetime")
+    before = first["lastSuccessfulRun"]["id"]
+    annotate_run(cluster, namespace, "shop-mariadb")
+    second = wait_status(
+        cluster, namespace, "shop-mariadb", "the second MariaDB run", succeeded_after(before)
+    )
+    last = second["lastSuccessfulRun"]
+    assert (last["updatedTables"], last["unchangedTables"], last["createdTables"]) == (1, 2, 0)
+    key = f"{PREFIX}/shop-mariadb/runs/{last['id']}/incremental-diff/table/part-00000.parquet"
+    rows = pq.read_table(io.BytesIO(read_object(world["bucket"], key))).to_pylist()
+    assert [(r["schema_name"], r["table_name"], r["reason"]) for r in rows] == [
+        (mariadb, "orders", "ddl_time_after_marker")
+    ]
 
 
 def test_deleting_a_resource_removes_its_jobs_and_config_maps(

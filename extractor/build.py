@@ -309,11 +309,14 @@ def _changes(
     }
     deleted_tables = inputs.deleted.select([*KEY_COLUMNS["table"], "reason"])
     reasons = Reasons(
+        tables=inputs.planned.filter(inputs.planned.column("needs_columns")).select(
+            [*KEY_COLUMNS["table"], "reason"]
+        ),
         deleted={
             "database": diffs["database"].deleted,
             "schema": diffs["schema"].deleted,
             "table": deleted_tables,
-        }
+        },
     )
     return change_records(
         connection,
@@ -350,14 +353,29 @@ def _diffs(
         gone = connection.execute(f"SELECT {keys} FROM {old} ANTI JOIN {new} USING ({keys})")
         reasons = scope_reasons(entity, [tuple(key) for key in gone.fetchall()], scope)
         diffs[entity] = entity_diff(connection, entity, new, old, reasons, "dropped")
-    diffs["table"] = entity_diff(
+    tables = entity_diff(
         connection, "table", "diff_new_tables", "diff_old_tables", table_reasons, "dropped"
     )
+    diffs["table"] = EntityDiff(_with_reasons(connection, tables.changed), tables.deleted)
     columns = entity_diff(
         connection, "column", "diff_new_columns", "diff_old_columns", {}, "dropped"
     )
     diffs["column"] = EntityDiff(columns.changed, column_reasons(table_reasons, columns.deleted))
     return diffs
+
+
+def _with_reasons(connection: duckdb.DuckDBPyConnection, changed: pa.Table) -> pa.Table:
+    """Changed table rows with the reason plan classified each table for (`reason`)."""
+    keys = ", ".join(KEY_COLUMNS["table"])
+    connection.register("changed_table_rows", changed)
+    try:
+        result = connection.sql(
+            f"SELECT c.*, p.reason FROM changed_table_rows AS c "
+            f"JOIN planned AS p USING ({keys}) ORDER BY {keys}"
+        ).to_arrow_table()
+    finally:
+        connection.unregister("changed_table_rows")
+    return conform(result, changed.schema.append(pa.field("reason", pa.string())))
 
 
 async def _write_files(

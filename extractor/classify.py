@@ -1,11 +1,28 @@
 """Classification of tables against the previous state (engine-side, never in source SQL).
 
-not in previous state  -> CREATED  if created after the marker, or creation time unknown
-                          BACKFILL if it existed before (filter widened, a run missed it)
-in previous state      -> UPDATED  if DDL time after the marker, fingerprint or type differ
-                          NO CHANGE otherwise
+not in previous state  -> CREATED  if created (or last changed) at or after the marker, or
+                                   the source knows no time for it      new_after_marker
+                          BACKFILL if it existed before the marker (filter widened, a run
+                                   missed it)                           new_before_marker
+in previous state      -> UPDATED  if its type differs                  type_changed
+                                   its object id differs (dropped and created again under
+                                   the same name, see records.TABLE_SCHEMA)
+                                                                        object_replaced
+                                   its DDL time is at or after the marker
+                                                                        ddl_time_after_marker
+                                   its fingerprint differs              fingerprint_changed
+                                   its DDL time differs from the state's (a clock that went
+                                   back further than preponeHours, a restored server)
+                                                                        ddl_time_changed
+                          NO CHANGE otherwise                           unchanged
 only in previous state -> deleted, reason 'out_of_scope' when the scope excludes it now,
                           else 'dropped'
+
+Times compare with "at or after": the marker is stored truncated to the second and some
+sources keep DDL times in whole seconds, so a change in the marker's own second may have
+happened after the marker was read and must count. A source that keeps only the time of
+the last DDL (MySQL's CREATE_TIME) leaves `created_at` empty; its `ddl_time` bounds the
+creation time from above, so a DDL time before the marker still proves BACKFILL.
 """
 
 from __future__ import annotations
@@ -19,20 +36,35 @@ from metatide.extractor.records import TABLE_KEY_COLUMNS, TABLE_SCHEMA
 from metatide.extractor.runfiles import DELETED_TABLE_SCHEMA
 from metatide.extractor.scope import Scope
 
-_CLASSIFY = """
-SELECT current_tables.*,
-  CASE
-    WHEN previous_tables.table_name IS NULL THEN
-      CASE WHEN current_tables.created_at IS NULL OR current_tables.created_at > $marker
-           THEN 'CREATED' ELSE 'BACKFILL' END
-    WHEN current_tables.ddl_time > $marker
-      OR current_tables.fingerprint IS DISTINCT FROM previous_tables.fingerprint
-      OR current_tables.table_type IS DISTINCT FROM previous_tables.table_type
-      THEN 'UPDATED'
-    ELSE 'NO CHANGE'
-  END AS state
-FROM current_tables
-LEFT JOIN previous_tables USING (database_name, schema_name, table_name)
+_REASON = """
+CASE
+  WHEN p.table_name IS NULL THEN
+    CASE WHEN coalesce(c.created_at, c.ddl_time) IS NULL
+           OR coalesce(c.created_at, c.ddl_time) >= $marker
+         THEN 'new_after_marker' ELSE 'new_before_marker' END
+  WHEN c.table_type IS DISTINCT FROM p.table_type THEN 'type_changed'
+  WHEN p.object_id IS NOT NULL AND c.object_id IS DISTINCT FROM p.object_id
+    THEN 'object_replaced'
+  WHEN c.ddl_time >= $marker THEN 'ddl_time_after_marker'
+  WHEN c.fingerprint IS DISTINCT FROM p.fingerprint THEN 'fingerprint_changed'
+  WHEN c.ddl_time IS DISTINCT FROM p.ddl_time THEN 'ddl_time_changed'
+  ELSE 'unchanged'
+END
+"""
+
+_CLASSIFY = f"""
+WITH reasoned AS (
+  SELECT c.*, {_REASON} AS reason
+  FROM current_tables AS c
+  LEFT JOIN previous_tables AS p USING (database_name, schema_name, table_name)
+)
+SELECT * EXCLUDE (reason),
+  CASE reason WHEN 'new_after_marker' THEN 'CREATED'
+              WHEN 'new_before_marker' THEN 'BACKFILL'
+              WHEN 'unchanged' THEN 'NO CHANGE'
+              ELSE 'UPDATED' END AS state,
+  reason
+FROM reasoned
 """
 
 _DELETED = """
@@ -48,7 +80,7 @@ def classify_tables(
     previous: pa.Table,
     marker: datetime,
 ) -> pa.Table:
-    """The current listing with a `state` column, in the listing's key order."""
+    """The current listing with `state` and `reason` columns, in the listing's key order."""
     connection.register("current_tables", current.cast(TABLE_SCHEMA))
     connection.register("previous_tables", previous.cast(TABLE_SCHEMA))
     try:

@@ -22,7 +22,7 @@ controller retry a transient one.
         ├── StorageUnavailableError   the object store cannot be reached
         └── LeaseHeldError            another run of this connection holds the lease
 
-Driver errors (asyncpg, SQLAlchemy, minio) are translated into these at the adapter
+Driver errors (asyncpg, asyncmy, SQLAlchemy, minio) are translated into these at the adapter
 boundary with ``raise ... from exc``; nothing above the adapters sees a driver exception.
 """
 

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from metatide.extractor import duck
 from metatide.extractor.changes import (
     ChangeHeader,
+    Reasons,
     StatePair,
     change_records,
     stable_column_ids,
@@ -37,7 +38,8 @@ from metatide.extractor.ids import ENTITIES, Entity, RunId, TableKey
 from metatide.extractor.layers import load_previous, logical_rows
 from metatide.extractor.manifest import FileRef, Manifest
 from metatide.extractor.records import KEY_COLUMNS, SCHEMAS, TABLE_KEY_COLUMNS
-from metatide.extractor.runfiles import changes_key
+from metatide.extractor.runfiles import changes_key, plan_key
+from metatide.extractor.scope import Scope
 from metatide.extractor.spec import ExtractionSpec
 from metatide.extractor.state import bucket_of, fetch_verified, read_committed, read_parquet_files
 from metatide.extractor.storage import KeyNotFoundError, Store
@@ -135,17 +137,80 @@ async def diff_between(
         before = await read_rows(store, spec, older, workdir / "older", buckets)
         after = await read_rows(store, spec, newer, workdir / "newer", buckets)
         header = ChangeHeader(newer.run_id, older.run_id, newer.marker)
-        records = await asyncio.to_thread(_records, spec, before, after, header)
+        reasons = await reasons_between(store, spec, older, newer, before, after)
+        records = await asyncio.to_thread(_records, spec, before, after, header, reasons)
     return records, meter
 
 
-def _records(spec: ExtractionSpec, before: State, after: State, header: ChangeHeader) -> pa.Table:
+async def reasons_between(
+    store: Store,
+    spec: ExtractionSpec,
+    older: Manifest | None,
+    newer: Manifest,
+    before: State,
+    after: State,
+) -> Reasons:
+    """Why things changed, as the run that made `newer` recorded it.
+
+    Deletions are `out_of_scope` when the scope excludes them now, else `dropped` (the rule
+    plan applies). Classification reasons exist only for consecutive states: they are the
+    newer run's, from its plan (kept with the run).
+    """
+    scope = Scope(spec.source.scope)
+    deleted: dict[Entity, pa.Table] = {}
+    for entity in ("database", "schema", "table"):
+        keys = list(KEY_COLUMNS[entity])
+        gone = _anti(before[entity].select(keys), after[entity].select(keys), keys)
+        reasons = [
+            "dropped" if _in_scope(scope, entity, tuple(row.values())) else "out_of_scope"
+            for row in gone.to_pylist()
+        ]
+        deleted[entity] = gone.append_column("reason", pa.array(reasons, pa.string()))
+    tables = None
+    if older is not None and newer.parent_run_id == older.run_id:
+        tables = await _plan_reasons(store, newer.run_id)
+    return Reasons(tables=tables, deleted=deleted)
+
+
+def _in_scope(scope: Scope, entity: Entity, key: tuple[str, ...]) -> bool:
+    if entity == "database":
+        return scope.database(key[0])
+    if entity == "schema":
+        return scope.schema(key[0], key[1])
+    return scope.table(key[0], key[1], key[2])
+
+
+def _anti(left: pa.Table, right: pa.Table, keys: list[str]) -> pa.Table:
+    """Rows of `left` whose key is not in `right`."""
+    return left.join(right, keys=keys, join_type="left anti")
+
+
+async def _plan_reasons(store: Store, run_id: RunId) -> pa.Table | None:
+    """The classification reasons of the tables a run extracted (None if its plan is gone)."""
+    try:
+        data = (await store.get(plan_key(run_id, "table.parquet"))).data
+    except KeyNotFoundError:
+        return None
+    planned = pq.read_table(
+        io.BytesIO(data), columns=[*TABLE_KEY_COLUMNS, "reason", "needs_columns"]
+    )
+    return planned.filter(planned["needs_columns"]).select([*TABLE_KEY_COLUMNS, "reason"])
+
+
+def _records(
+    spec: ExtractionSpec,
+    before: State,
+    after: State,
+    header: ChangeHeader,
+    reasons: Reasons | None = None,
+) -> pa.Table:
     connection = duck.connect(spec.duckdb)
     try:
         return change_records(
             connection,
             StatePair(before, after),
             header,
+            reasons=reasons or Reasons(),
             stable_column_ids=stable_column_ids(spec.source.kind),
         )
     finally:
@@ -185,13 +250,20 @@ async def table_history(
             name = await _name_before(store, manifest.run_id, name)
         versions = []
         previous: State = _empty()
-        previous_run: str | None = None
+        previous_manifest: Manifest | None = None
         for manifest, name, rows in reversed(slices):
-            header = ChangeHeader(manifest.run_id, previous_run, manifest.marker)
-            changes = await asyncio.to_thread(_records, spec, previous, rows, header)
+            header = ChangeHeader(
+                manifest.run_id,
+                previous_manifest.run_id if previous_manifest else None,
+                manifest.marker,
+            )
+            reasons = await reasons_between(
+                store, spec, previous_manifest, manifest, previous, rows
+            )
+            changes = await asyncio.to_thread(_records, spec, previous, rows, header, reasons)
             changes = changes.filter(pc.is_in(changes["entity"], pa.array(["table", "column"])))
             versions.append(TableVersion(manifest, name, rows["table"], rows["column"], changes))
-            previous, previous_run = rows, manifest.run_id
+            previous, previous_manifest = rows, manifest
     return versions, meter
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,11 +24,24 @@ from metatide.extractor.storage import KeyNotFoundError, Store
 TableState = Literal["CREATED", "UPDATED", "NO CHANGE", "BACKFILL"]
 TABLE_STATES: Final[tuple[TableState, ...]] = ("CREATED", "UPDATED", "NO CHANGE", "BACKFILL")
 DeleteReason = Literal["dropped", "out_of_scope"]
+TableReason = Literal[
+    "new_after_marker",
+    "new_before_marker",
+    "type_changed",
+    "object_replaced",
+    "ddl_time_after_marker",
+    "fingerprint_changed",
+    "ddl_time_changed",
+    "unchanged",
+]
+TABLE_REASONS: Final[tuple[TableReason, ...]] = get_args(TableReason)
+"""Why plan classified a table as it did (see `metatide.extractor.classify`)."""
 
 PLAN_FORMAT_VERSION: Final = 2
 
 PLANNED_TABLE_SCHEMA = (
     TABLE_SCHEMA.append(pa.field("state", pa.string(), nullable=False))
+    .append(pa.field("reason", pa.string(), nullable=False))
     .append(pa.field("bucket", pa.int32(), nullable=False))
     .append(pa.field("needs_columns", pa.bool_(), nullable=False))
 )
@@ -98,6 +111,7 @@ class PlanDocument(BaseModel):
     batch_size: int = Field(ge=1)
     tables_total: int = Field(ge=0)
     tables_by_state: dict[str, int]
+    tables_by_reason: dict[str, int] = Field(default_factory=dict)
     tables_deleted: dict[str, int]
     tables_to_extract: int = Field(ge=0)
     started_at: datetime

@@ -142,6 +142,68 @@ class PostgresSourceSpec(_Model):
     )
     scope: ScopeSpec = Field(default_factory=ScopeSpec, description="Include/exclude filters.")
 
+    def secret_refs(self) -> list[SecretRef]:
+        """The secrets this source reads: the DSN, and the password if it comes separately."""
+        return [self.dsn_from, *([self.password_from] if self.password_from else [])]
+
+
+class TlsSpec(_Model):
+    """TLS between metatide and a MySQL/MariaDB server."""
+
+    mode: Literal["disabled", "required", "verify-ca", "verify-identity"] = Field(
+        default="required",
+        description="disabled: plain TCP; required: encrypted, the server's certificate is not "
+        "checked; verify-ca: encrypted, the certificate must be signed by a trusted CA "
+        "(caFrom, else the system's trust store); verify-identity: verify-ca and the "
+        "certificate must name the DSN's host.",
+    )
+    ca_from: SecretRef | None = Field(
+        default=None,
+        description="Where the PEM-encoded CA certificate(s) that sign the server's certificate "
+        "come from (verify-ca and verify-identity); unset: the system's trust store.",
+    )
+
+    def secret_refs(self) -> list[SecretRef]:
+        return [self.ca_from] if self.ca_from else []
+
+
+class MysqlSourceSpec(_Model):
+    """A MySQL 8 or MariaDB 10.6+ server, read through information_schema.
+
+    MySQL has two levels, so each MySQL database is a metatide schema, and all of them sit
+    in one metatide database named 'default' (OpenMetadata's convention).
+    """
+
+    kind: Literal["mysql"] = Field(
+        default="mysql",
+        description="Source kind: mysql (MySQL 8 or MariaDB 10.6+; its databases are schemas "
+        "of one database named 'default').",
+    )
+    dsn_from: SecretRef = Field(
+        default_factory=lambda: SecretRef(env="METATIDE_SOURCE_DSN"),
+        description="Where the DSN (mysql://user:password@host:3306/database) comes from; the "
+        "database part is optional and only the session's default (scope selects what is "
+        "read).",
+    )
+    password_from: SecretRef | None = Field(
+        default=None, description="Optional separate source of the password, if not in the DSN."
+    )
+    tls: TlsSpec = Field(default_factory=TlsSpec, description="TLS to the server.")
+    connect_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Timeout of one connection attempt, in seconds."
+    )
+    scope: ScopeSpec = Field(
+        default_factory=ScopeSpec,
+        description="Include/exclude filters. The database level is always 'default'; the "
+        "schema level is the MySQL database (mysql, information_schema, performance_schema "
+        "and sys are never read).",
+    )
+
+    def secret_refs(self) -> list[SecretRef]:
+        """The secrets this source reads: DSN, separate password, CA certificate."""
+        refs = [self.dsn_from, *([self.password_from] if self.password_from else [])]
+        return refs + self.tls.secret_refs()
+
 
 class SqliteSourceSpec(_Model):
     """A SQLite database file (the embedded default, one database named 'main')."""
@@ -152,8 +214,14 @@ class SqliteSourceSpec(_Model):
     path: str = Field(min_length=1, description="Path of the SQLite database file.")
     scope: ScopeSpec = Field(default_factory=ScopeSpec, description="Include/exclude filters.")
 
+    def secret_refs(self) -> list[SecretRef]:
+        """A file needs no secret."""
+        return []
 
-SourceSpec = Annotated[PostgresSourceSpec | SqliteSourceSpec, Field(discriminator="kind")]
+
+SourceSpec = Annotated[
+    PostgresSourceSpec | MysqlSourceSpec | SqliteSourceSpec, Field(discriminator="kind")
+]
 
 
 class StorageSpec(_Model):
@@ -182,6 +250,10 @@ class StorageSpec(_Model):
         description="Per-connection key prefix; {application_name} and {connection_id} are "
         "replaced.",
     )
+
+    def secret_refs(self) -> list[SecretRef]:
+        """The S3 keys (the operator injects those with a secretKeyRef into every pod)."""
+        return [self.access_key_from, self.secret_key_from]
 
     @field_validator("prefix_template")
     @classmethod
@@ -385,6 +457,14 @@ class ExtractionSpec(_Model):
         return self.storage.prefix_template.replace(
             "{application_name}", self.application_name
         ).replace("{connection_id}", self.connection_id)
+
+    def secret_refs(self) -> list[SecretRef]:
+        """Every secret a run of this spec reads, storage's and the source's.
+
+        The operator injects those with a `secretKeyRef` into each Job pod; it knows nothing
+        else about sources, so a new source kind only has to list its own here.
+        """
+        return self.storage.secret_refs() + self.source.secret_refs()
 
     def to_json(self) -> str:
         """The spec as camelCase JSON, as Jobs receive it."""

@@ -307,11 +307,16 @@ class _Union:
         self.tags: list[str] = []
         self.summaries: list[str] = []  # "tag: what the variant is", for the description
         self.owners: dict[str, list[str]] = {}  # property -> tags of the variants that have it
-        self.shapes: dict[str, Schema] = {}  # property -> its schema (equal in every variant)
+        self.shapes: dict[str, Schema] = {}  # property -> its schema, descriptions merged
+        self.worded: dict[str, list[tuple[str, Schema]]] = {}  # property -> (tag, its schema)
         self.required_by: dict[str, list[str]] = {}  # tag -> its required properties
 
     def add(self, variant: Schema) -> None:
-        """Record one converted variant; a property two variants shape differently is an error."""
+        """Record one converted variant; a property two variants shape differently is an error.
+
+        Variants may describe a shared property in their own words (a DSN's example differs
+        per kind): the shapes must match apart from descriptions, which are merged.
+        """
         (tag,) = variant["properties"][self.discriminator]["enum"]
         self.tags.append(tag)
         self.summaries.append(f"{tag}: {variant.get('description', '').rstrip('.')}")
@@ -321,13 +326,14 @@ class _Union:
         for name, prop in variant["properties"].items():
             if name == self.discriminator:
                 continue
-            if name in self.shapes and self.shapes[name] != prop:
+            if name in self.shapes and _undescribed(self.shapes[name]) != _undescribed(prop):
                 raise CRDSchemaError(
-                    f"{self.path}.{name}: variants define this property differently; give "
-                    "them one shape or different names"
+                    f"{self.path}.{name}: variants define this property differently (not only "
+                    "in its description); give them one shape or different names"
                 )
             self.owners.setdefault(name, []).append(tag)
-            self.shapes[name] = prop
+            self.worded.setdefault(name, []).append((tag, prop))
+            self.shapes[name] = _merge_descriptions(self.discriminator, self.worded[name])
 
     def _only_for(self, name: str) -> Schema:
         """A variant's own property: no default (it would apply to every kind); noted instead."""
@@ -394,6 +400,50 @@ class _Union:
             "x-kubernetes-validations": self._rules(),
         }
         return _ordered(flat)
+
+
+def _undescribed(node: Any) -> Any:
+    """A schema without its descriptions, at every level (to compare shapes)."""
+    if isinstance(node, dict):  # a property *named* description is a schema, not text
+        return {
+            key: _undescribed(value)
+            for key, value in node.items()
+            if not (key == "description" and isinstance(value, str))
+        }
+    if isinstance(node, list):
+        return [_undescribed(item) for item in node]
+    return node
+
+
+def _merge_descriptions(discriminator: str, variants: list[tuple[str, Any]]) -> Any:
+    """One schema from variants of one shape: where their descriptions differ, each is kept,
+    introduced by the kinds it belongs to ("For kind postgresql: ... For kind mysql: ...")."""
+    first = variants[0][1]
+    if isinstance(first, list):
+        return [
+            _merge_descriptions(discriminator, [(t, node[i]) for t, node in variants])
+            for i in range(len(first))
+        ]
+    if not isinstance(first, dict):
+        return first
+    merged: Schema = {}
+    texts: dict[str, list[str]] = {}  # description -> the kinds that say it
+    for t, node in variants:
+        if isinstance(node.get("description"), str) and node["description"]:
+            texts.setdefault(node["description"], []).append(t)
+    for key in {**first, **({"description": ""} if texts else {})}:
+        if key == "description" and not isinstance(first.get(key), dict):
+            described = sum(len(tags) for tags in texts.values())
+            if len(texts) == 1 and described == len(variants):
+                merged[key] = next(iter(texts))
+            else:
+                merged[key] = " ".join(
+                    f"For {discriminator} {' or '.join(tags)}: {text}"
+                    for text, tags in texts.items()
+                )
+        else:
+            merged[key] = _merge_descriptions(discriminator, [(t, n[key]) for t, n in variants])
+    return merged
 
 
 def _apply_crd_only(spec: Schema) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Final
 
 from metatide.extractor.errors import EXIT_TERMINAL
-from metatide.extractor.spec import SecretRef
 from metatide.operator.model import GROUP, KIND, VERSION, IncrementalExtractionSpec
 from metatide.operator.names import Phase, labels, object_name
 
@@ -54,15 +53,6 @@ def spec_config_map(
     }
 
 
-def _secret_refs(spec: IncrementalExtractionSpec) -> list[SecretRef]:
-    refs: list[SecretRef] = [spec.storage.access_key_from, spec.storage.secret_key_from]
-    if spec.source.kind == "postgresql":
-        refs.append(spec.source.dsn_from)
-        if spec.source.password_from is not None:
-            refs.append(spec.source.password_from)
-    return refs
-
-
 def _environment(
     resource: str, run_id: str, spec: IncrementalExtractionSpec
 ) -> list[dict[str, Any]]:
@@ -78,7 +68,7 @@ def _environment(
         {"name": "TMPDIR", "value": "/tmp"},  # noqa: S108 - an emptyDir, see volumes
     ]
     env += [{"name": name, "value": value} for name, value in sorted(spec.job.env.items())]
-    for ref in _secret_refs(spec):
+    for ref in spec.secret_refs():
         if ref.secret_key_ref is not None:
             env.append(
                 {

@@ -1,9 +1,11 @@
 """Settings and guards for the real services metatide's tests run against.
 
-Tests talk to a real PostgreSQL and a real S3 server (MinIO) instead of mocks, because
+Tests talk to a real PostgreSQL, a real MariaDB and a real S3 server (MinIO) instead of
+mocks, because
 metadata extraction is only as good as its behaviour against the real wire protocols.
-The servers are started by ``.ci/services/postgres.sh start`` and
-``.ci/services/minio.sh start``; their ``env`` commands print the variables read here,
+The servers are started by ``.ci/services/postgres.sh start``,
+``.ci/services/mariadb.sh start`` and ``.ci/services/minio.sh start``; their ``env``
+commands print the variables read here,
 and the defaults below match the scripts' defaults, so no setup is needed beyond
 starting them.
 
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+import asyncmy  # type: ignore[import-untyped,unused-ignore]
 import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import urllib3
 from minio import Minio
@@ -33,6 +36,11 @@ from minio.error import S3Error
 
 PG_DSN_ENV = "METATIDE_TEST_PG_DSN"
 DEFAULT_PG_DSN = "postgresql://metatide:metatide-test@127.0.0.1:55432/postgres"
+
+MYSQL_DSN_ENV = "METATIDE_TEST_MYSQL_DSN"
+MYSQL_CA_ENV = "METATIDE_TEST_MYSQL_CA"
+DEFAULT_MYSQL_DSN = "mysql://metatide:metatide-test@127.0.0.1:53306/"
+DEFAULT_MYSQL_CA = "/tmp/metatide-mariadb/tls/ca.pem"
 
 S3_ENDPOINT_ENV = "METATIDE_TEST_S3_ENDPOINT"
 S3_ACCESS_KEY_ENV = "METATIDE_TEST_S3_ACCESS_KEY"
@@ -181,6 +189,108 @@ def drop_database(name: str) -> None:
     """Drop database ``name`` if it exists, even with connections a test left open."""
     # WITH (FORCE) (PostgreSQL 13+) ends leftover sessions instead of failing the drop.
     _run(_pg_execute(postgres_dsn(), f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)"))
+
+
+def mysql_dsn() -> str:
+    """DSN of the test MariaDB's all-privileges account (tests create databases and users)."""
+    return os.environ.get(MYSQL_DSN_ENV) or DEFAULT_MYSQL_DSN
+
+
+def mysql_ca() -> str:
+    """Path of the CA certificate that signed the test MariaDB's server certificate."""
+    return os.environ.get(MYSQL_CA_ENV) or DEFAULT_MYSQL_CA
+
+
+def mysql_dsn_for(user: str, password: str, admin_dsn: str | None = None) -> str:
+    """The test MariaDB's DSN with another login."""
+    parts = urlsplit(admin_dsn or mysql_dsn())
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.hostname}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def mysql_connect(dsn: str | None = None) -> Any:
+    """An asyncmy connection for test DDL (plain TCP: the server listens on loopback)."""
+    parts = urlsplit(dsn or mysql_dsn())
+    return await asyncmy.connect(
+        host=parts.hostname,
+        port=parts.port or 3306,
+        user=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+        charset="utf8mb4",
+        autocommit=True,
+        connect_timeout=_PROBE_TIMEOUT_S,
+    )
+
+
+async def mysql_run(connection: Any, *statements: str) -> list[Any]:
+    """Run DDL statements one by one; the rows of the last."""
+    rows: list[Any] = []
+    async with connection.cursor() as cursor:
+        for statement in statements:
+            await cursor.execute(statement)
+            rows = list(await cursor.fetchall())
+    return rows
+
+
+async def _mysql_execute(statements: tuple[str, ...]) -> list[Any]:
+    connection = await mysql_connect()
+    try:
+        return await mysql_run(connection, *statements)
+    finally:
+        await connection.ensure_closed()
+
+
+def mysql_execute(*statements: str) -> list[Any]:
+    """Run statements on the test MariaDB (test DDL); the rows of the last one."""
+    return _run(_mysql_execute(statements))
+
+
+def mysql_ident(name: str) -> str:
+    """A quoted MySQL identifier (DDL takes no bind parameters)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def mysql_literal(text: str | None) -> str:
+    """A quoted MySQL string literal (the test server's sql_mode keeps backslash escapes)."""
+    if text is None:
+        return "NULL"
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def require_mysql() -> None:
+    """Fail loudly (RuntimeError) unless the test MariaDB accepts our login."""
+    dsn = mysql_dsn()
+    try:
+        mysql_execute("SELECT 1")
+    except Exception as exc:  # any failure means "not usable": say which
+        if isinstance(exc, asyncmy.errors.MySQLError) and exc.args and exc.args[0] < 2000:
+            fix = (
+                f"the server is up but refused us; check {MYSQL_DSN_ENV} against "
+                "`.ci/services/mariadb.sh env`"
+            )
+        else:
+            fix = (
+                "start it with `.ci/services/mariadb.sh start` "
+                f'(`eval "$(.ci/services/mariadb.sh env)"` exports {MYSQL_DSN_ENV} '
+                "when METATIDE_MYSQL_PORT is not the default)"
+            )
+        parts = urlsplit(dsn)
+        detail = _scrub(f"{type(exc).__name__}: {exc}", parts.password)
+        raise RuntimeError(
+            f"MariaDB for tests is not usable at {parts.hostname}:{parts.port} "
+            f"(user {parts.username!r}): {detail}. Fix: {fix}."
+        ) from exc
+
+
+def create_mysql_database(name: str) -> None:
+    """Create (anew) a MariaDB database, i.e. a metatide schema, for one test."""
+    mysql_execute(
+        f"DROP DATABASE IF EXISTS {mysql_ident(name)}", f"CREATE DATABASE {mysql_ident(name)}"
+    )
+
+
+def drop_mysql_database(name: str) -> None:
+    mysql_execute(f"DROP DATABASE IF EXISTS {mysql_ident(name)}")
 
 
 def require_s3() -> None:

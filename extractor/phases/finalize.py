@@ -334,6 +334,7 @@ def _summary(
         "marker_used": plan.marker_used.isoformat(),
         "next_marker": plan.next_marker.isoformat(),
         "tables": {**plan.tables_by_state, "deleted": len(reasons)},
+        "tables_by_reason": plan.tables_by_reason,
         "tables_deleted_by_reason": {r: reasons.count(r) for r in ("dropped", "out_of_scope")},
         "columns": {
             "extracted": built.fresh_columns,

@@ -33,6 +33,7 @@ from metatide.extractor.marker import default_marker, effective_marker, truncate
 from metatide.extractor.progress import NoProgress, Progress
 from metatide.extractor.records import TABLE_KEY_COLUMNS, TABLE_SCHEMA
 from metatide.extractor.runfiles import (
+    TABLE_REASONS,
     TABLE_STATES,
     PlanDocument,
     batch_request_key,
@@ -281,6 +282,7 @@ async def _classify_and_write(
     await write_table(store, plan_key(run_id, "table.parquet"), planned)
     await write_table(store, plan_key(run_id, "deleted.parquet"), deleted)
     states = planned.column("state").to_pylist()
+    why = planned.column("reason").to_pylist()
     reasons = deleted.column("reason").to_pylist()
     return PlanDocument(
         run_id=run_id,
@@ -294,6 +296,7 @@ async def _classify_and_write(
         batch_size=spec.columns.batch_size,
         tables_total=planned.num_rows,
         tables_by_state={state: states.count(state) for state in TABLE_STATES},
+        tables_by_reason={reason: why.count(reason) for reason in TABLE_REASONS},
         tables_deleted={reason: reasons.count(reason) for reason in ("dropped", "out_of_scope")},
         tables_to_extract=int(pc.sum(planned.column("needs_columns")).as_py() or 0),
         started_at=started_at,
@@ -346,6 +349,7 @@ def plan_result(document: PlanDocument) -> str:
             "full_extraction": document.full_extraction,
             "tables_total": document.tables_total,
             "tables_by_state": document.tables_by_state,
+            "tables_by_reason": document.tables_by_reason,
             "tables_deleted": document.tables_deleted,
             "tables_to_extract": document.tables_to_extract,
             "marker_used": document.marker_used.isoformat(),

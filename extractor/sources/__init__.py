@@ -1,19 +1,29 @@
-"""Source adapters behind the `Source` protocol, and the factory that picks one by kind."""
+"""Source adapters behind the `Source` protocol, and the factory that picks one by kind.
+
+Each adapter module is imported only when its kind is used, so a run never loads the drivers
+of the other kinds. Adding a source kind adds one entry to `_ADAPTERS` (docs/sources.md).
+"""
 
 from __future__ import annotations
 
-from metatide.extractor.sources.base import ColumnsResult, Source
+import importlib
+from typing import Final
+
+from metatide.extractor.sources.base import Capabilities, ColumnsResult, Source
 from metatide.extractor.spec import ExtractionSpec
 
-__all__ = ["ColumnsResult", "Source", "open_source"]
+__all__ = ["Capabilities", "ColumnsResult", "Source", "open_source"]
+
+# source.kind -> (module, class); the class takes the kind's source spec.
+_ADAPTERS: Final[dict[str, tuple[str, str]]] = {
+    "postgresql": ("metatide.extractor.sources.postgres", "PostgresSource"),
+    "mysql": ("metatide.extractor.sources.mysql", "MysqlSource"),
+    "sqlite": ("metatide.extractor.sources.sqlite", "SqliteSource"),
+}
 
 
 def open_source(spec: ExtractionSpec) -> Source:
     """The source adapter for the spec's source kind (not yet connected: use `async with`)."""
-    if spec.source.kind == "sqlite":
-        from metatide.extractor.sources.sqlite import SqliteSource
-
-        return SqliteSource(spec.source)
-    from metatide.extractor.sources.postgres import PostgresSource
-
-    return PostgresSource(spec.source)
+    module, name = _ADAPTERS[spec.source.kind]
+    adapter: type[Source] = getattr(importlib.import_module(module), name)
+    return adapter(spec.source)  # type: ignore[call-arg]

@@ -70,7 +70,7 @@ from metatide.extractor.errors import (
 from metatide.extractor.ids import TableKey
 from metatide.extractor.records import COLUMN_SCHEMA, TABLE_SCHEMA, rows_to_table
 from metatide.extractor.scope import Scope
-from metatide.extractor.sources.base import ColumnsResult
+from metatide.extractor.sources.base import Capabilities, ColumnsResult, reveals_secret, scrub
 from metatide.extractor.spec import PostgresSourceSpec
 
 _IDLE_CONNECTIONS: Final = 4
@@ -293,6 +293,8 @@ class _Target:
 
 class PostgresSource:
     """A `Source` over one PostgreSQL server (one or many databases)."""
+
+    capabilities = Capabilities(ddl_time=False, creation_time=False, fingerprint=True)
 
     def __init__(self, spec: PostgresSourceSpec) -> None:
         self._spec = spec
@@ -534,7 +536,7 @@ class PostgresSource:
         except caught as exc:
             lost = conn is not None and conn.is_closed()
             error = self._translate(_original(exc), database, connecting=connecting, lost=lost)
-            if self._reveals_secret(exc):
+            if reveals_secret(exc, self._secrets()):
                 raise error from None
             raise error from exc
 
@@ -543,7 +545,7 @@ class PostgresSource:
     ) -> MetatideError:
         where = self._target.describe(database)
         name = database or self._target.database or "(default)"
-        reason = self._scrub(f"{type(exc).__name__}: {exc}".rstrip(": "))
+        reason = scrub(f"{type(exc).__name__}: {exc}".rstrip(": "), self._secrets())
         env = self._spec.dsn_from.env
         if isinstance(exc, asyncpg.InvalidCatalogNameError):
             return UnknownDatabaseError(
@@ -577,15 +579,6 @@ class PostgresSource:
             found += [password, unquote(password)]
             found += parse_qs(urlsplit(self._dsn).query).get("password", [])
         return [secret for secret in found if secret]
-
-    def _reveals_secret(self, exc: BaseException) -> bool:
-        text = f"{exc}\n{exc!r}"
-        return any(secret in text for secret in self._secrets())
-
-    def _scrub(self, text: str) -> str:
-        for secret in sorted(self._secrets(), key=len, reverse=True):
-            text = text.replace(secret, "***")
-        return text
 
 
 def _table_rows(database: str, rows: Sequence[Any]) -> pa.Table:

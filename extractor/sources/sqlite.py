@@ -36,7 +36,7 @@ from metatide.extractor.errors import SourceUnavailableError
 from metatide.extractor.ids import TableKey
 from metatide.extractor.records import rows_to_table
 from metatide.extractor.scope import Scope
-from metatide.extractor.sources.base import FINGERPRINT_HEX_DIGITS, ColumnsResult
+from metatide.extractor.sources.base import FINGERPRINT_HEX_DIGITS, Capabilities, ColumnsResult
 from metatide.extractor.spec import SqliteSourceSpec
 
 T = TypeVar("T")
@@ -58,6 +58,8 @@ _CLOCK = sa.text("SELECT strftime('%Y-%m-%dT%H:%M:%f', 'now')")
 
 class SqliteSource:
     """A `Source` over one SQLite file."""
+
+    capabilities = Capabilities(ddl_time=False, creation_time=False, fingerprint=True)
 
     def __init__(self, spec: SqliteSourceSpec) -> None:
         self._path = Path(spec.path)

@@ -70,13 +70,21 @@ def test_new_table_created_after_the_marker_is_created(
 def test_new_table_created_before_the_marker_is_backfill(
     connection: duckdb.DuckDBPyConnection,
 ) -> None:
-    current = [row("old", created_at=BEFORE), row("edge", created_at=MARKER)]
+    current = [row("old", created_at=BEFORE), row("edge", created_at=MARKER - timedelta(seconds=1))]
     assert states(connection, current, []) == {"old": "BACKFILL", "edge": "BACKFILL"}
+
+
+def test_new_table_created_in_the_markers_second_is_created(
+    connection: duckdb.DuckDBPyConnection,
+) -> None:
+    # The marker is stored truncated to the second and MySQL keeps whole seconds: a table
+    # created in the marker's own second may have been created after the marker was read.
+    assert states(connection, [row("edge", created_at=MARKER)], []) == {"edge": "CREATED"}
 
 
 def test_ddl_time_after_the_marker_is_updated(connection: duckdb.DuckDBPyConnection) -> None:
     previous = [row("a", ddl_time=BEFORE), row("b", ddl_time=BEFORE), row("c", ddl_time=BEFORE)]
-    current = [row("a", ddl_time=AFTER), row("b", ddl_time=MARKER), row("c", ddl_time=BEFORE)]
+    current = [row("a", ddl_time=AFTER), row("b", ddl_time=BEFORE), row("c", ddl_time=BEFORE)]
     assert states(connection, current, previous) == {
         "a": "UPDATED",
         "b": "NO CHANGE",
@@ -84,8 +92,16 @@ def test_ddl_time_after_the_marker_is_updated(connection: duckdb.DuckDBPyConnect
     }
 
 
+def test_ddl_time_in_the_markers_second_is_updated(connection: duckdb.DuckDBPyConnection) -> None:
+    # A DDL in the same second as the (truncated) marker may have happened after the marker
+    # was read: losing it would leave the state stale for good, re-reading it costs little.
+    previous = [row("b", ddl_time=MARKER)]
+    current = [row("b", ddl_time=MARKER)]
+    assert states(connection, current, previous) == {"b": "UPDATED"}
+
+
 def test_ddl_time_is_compared_with_the_given_marker(connection: duckdb.DuckDBPyConnection) -> None:
-    previous = [row("a", ddl_time=BEFORE)]
+    previous = [row("a", ddl_time=MARKER - timedelta(hours=1))]
     current = [row("a", ddl_time=MARKER - timedelta(hours=1))]
     assert states(connection, current, previous) == {"a": "NO CHANGE"}
     earlier = MARKER - timedelta(hours=3)  # the prepone moves the comparison point earlier
@@ -97,9 +113,9 @@ def test_marker_in_another_time_zone_compares_by_instant(
 ) -> None:
     tokyo = MARKER.astimezone(timezone(timedelta(hours=9)))
     current = [row("a", ddl_time=MARKER + timedelta(minutes=1))]
-    assert states(connection, current, [row("a")], tokyo) == {"a": "UPDATED"}
+    assert states(connection, current, current, tokyo) == {"a": "UPDATED"}
     current = [row("a", ddl_time=MARKER - timedelta(minutes=1))]
-    assert states(connection, current, [row("a")], tokyo) == {"a": "NO CHANGE"}
+    assert states(connection, current, current, tokyo) == {"a": "NO CHANGE"}
 
 
 def test_fingerprint_change_is_updated(connection: duckdb.DuckDBPyConnection) -> None:
@@ -236,3 +252,56 @@ def test_everything_deleted_when_the_listing_is_empty(
 ) -> None:
     result = deleted(connection, [], [row("a"), row("b")])
     assert result.column("reason").to_pylist() == ["dropped", "dropped"]
+
+
+def reasons(
+    connection: duckdb.DuckDBPyConnection,
+    current: list[dict[str, Any]],
+    previous: list[dict[str, Any]],
+) -> dict[str, tuple[str, str]]:
+    result = classify_tables(
+        connection, rows_to_table("table", current), rows_to_table("table", previous), MARKER
+    ).to_pylist()
+    return {r["table_name"]: (r["state"], r["reason"]) for r in result}
+
+
+def test_every_classification_records_its_reason(connection: duckdb.DuckDBPyConnection) -> None:
+    previous = [
+        row("same", ddl_time=BEFORE),
+        row("altered", ddl_time=BEFORE),
+        row("view", table_type="VIEW", fingerprint="f"),
+        row("retyped", fingerprint="f"),
+        row("restored", ddl_time=BEFORE),
+    ]
+    current = [
+        row("same", ddl_time=BEFORE),
+        row("altered", ddl_time=AFTER),
+        row("view", table_type="VIEW", fingerprint="g"),
+        row("retyped", table_type="VIEW", fingerprint="g"),
+        row("restored", ddl_time=BEFORE - timedelta(days=1)),
+        row("new"),
+        row("new_since", created_at=AFTER),
+        row("old", created_at=BEFORE),
+    ]
+    assert reasons(connection, current, previous) == {
+        "same": ("NO CHANGE", "unchanged"),
+        "altered": ("UPDATED", "ddl_time_after_marker"),
+        "view": ("UPDATED", "fingerprint_changed"),
+        "retyped": ("UPDATED", "type_changed"),
+        "restored": ("UPDATED", "ddl_time_changed"),
+        "new": ("CREATED", "new_after_marker"),
+        "new_since": ("CREATED", "new_after_marker"),
+        "old": ("BACKFILL", "new_before_marker"),
+    }
+
+
+def test_last_ddl_time_bounds_an_unknown_creation_time(
+    connection: duckdb.DuckDBPyConnection,
+) -> None:
+    # MySQL keeps only the time of the last DDL: one before the marker proves the table
+    # existed before it (BACKFILL); one after it may be a creation (CREATED).
+    current = [row("old", ddl_time=BEFORE), row("recent", ddl_time=AFTER)]
+    assert reasons(connection, current, []) == {
+        "old": ("BACKFILL", "new_before_marker"),
+        "recent": ("CREATED", "new_after_marker"),
+    }

@@ -39,6 +39,7 @@ _SERVER_OWNED = {"metadata"}
 _FORBIDDEN_KEYWORDS = {"$ref", "$defs", "anyOf", "oneOf", "allOf", "not", "const", "title"}
 # Fields of one source kind: their defaults cannot live in the flattened schema.
 _POSTGRES_ONLY = {"dsnFrom", "passwordFrom", "databases", "connectTimeoutSeconds"}
+_MYSQL_ONLY = {"tls"}
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +241,7 @@ def test_every_model_field_is_in_the_schema(spec_schema: dict[str, Any]) -> None
     ("change", "expected"),
     [
         ({"columns": {"batchSize": -5}}, "spec.columns.batchSize: -5 violates minimum=1"),
-        ({"source": {"kind": "mysql"}}, "spec.source.kind: 'mysql' violates enum"),
+        ({"source": {"kind": "oracle"}}, "spec.source.kind: 'oracle' violates enum"),
         ({"connectionId": "-x"}, "spec.connectionId: '-x' violates pattern"),
         ({"colums": {}}, "spec.colums: unknown field"),
         ({"source": {"kind": "postgresql", "connectTimeoutSeconds": 0}}, "violates exclusive"),
@@ -300,18 +301,69 @@ def test_source_union_is_flattened(spec_schema: dict[str, Any]) -> None:
     source = spec_schema["properties"]["source"]
     assert source["type"] == "object"
     assert source["required"] == ["kind"]
-    assert source["properties"]["kind"]["enum"] == ["postgresql", "sqlite"]
-    assert set(source["properties"]) == {"kind", "scope", "path"} | _POSTGRES_ONLY
+    assert source["properties"]["kind"]["enum"] == ["postgresql", "mysql", "sqlite"]
+    assert set(source["properties"]) == {"kind", "scope", "path"} | _POSTGRES_ONLY | _MYSQL_ONLY
     rules = {rule["rule"]: rule for rule in source["x-kubernetes-validations"]}
     assert "self.kind == 'sqlite' ? has(self.path) : true" in rules
     assert "self.kind == 'postgresql' ? !has(self.path) : true" in rules
-    for name in _POSTGRES_ONLY:
+    assert "self.kind == 'mysql' ? !has(self.path) : true" in rules
+    assert "self.kind == 'mysql' ? !has(self.databases) : true" in rules
+    assert "self.kind == 'postgresql' ? !has(self.tls) : true" in rules
+    for name in _POSTGRES_ONLY | _MYSQL_ONLY:
         rule = rules[f"self.kind == 'sqlite' ? !has(self.{name}) : true"]
         assert name in rule["message"]
         assert rule["fieldPath"] == f".{name}"
         assert "default" not in source["properties"][name]
     for rule in rules.values():
         assert rule["message"]
+
+
+def test_variants_may_describe_a_shared_field_in_their_own_words(
+    spec_schema: dict[str, Any],
+) -> None:
+    dsn = spec_schema["properties"]["source"]["properties"]["dsnFrom"]["description"]
+    assert "For kind postgresql: Where the libpq-style DSN" in dsn
+    assert "For kind mysql: Where the DSN (mysql://" in dsn
+    scope = spec_schema["properties"]["source"]["properties"]["scope"]["description"]
+    assert scope.startswith("For kind postgresql or sqlite: Include/exclude filters.")
+
+
+def _union(*variants: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "description": "A source.",
+        "discriminator": {"propertyName": "kind"},
+        "oneOf": [
+            {
+                "description": f"Kind {tag}.",
+                "type": "object",
+                "properties": {"kind": {"const": tag, "type": "string"}, **props},
+            }
+            for tag, props in variants
+        ],
+    }
+
+
+def test_union_merges_descriptions_at_every_level_but_not_shapes() -> None:
+    converter = crd._Converter({})
+    first = {"type": "object", "description": "A.", "properties": {"x": {"type": "string"}}}
+    second = {
+        "type": "object",
+        "description": "B.",
+        "properties": {"x": {"type": "string", "description": "inner"}},
+    }
+    third = {"type": "object", "description": "A.", "properties": {"x": {"type": "string"}}}
+    flat = converter.convert(
+        _union(("a", {"f": first}), ("b", {"f": second}), ("c", {"f": third})), "s"
+    )
+    field = flat["properties"]["f"]
+    assert field["description"] == "For kind a or c: A. For kind b: B."
+    assert field["properties"]["x"]["description"] == "For kind b: inner"
+    named = {"type": "object", "properties": {"description": {"type": "string"}}}
+    flat = converter.convert(_union(("a", {"g": named}), ("b", {"g": named})), "s")
+    assert flat["properties"]["g"]["properties"] == {"description": {"type": "string"}}
+    reshaped = {"type": "object", "properties": {"x": {"type": "integer"}}}
+    with pytest.raises(crd.CRDSchemaError, match="not only in its description"):
+        converter.convert(_union(("a", {"f": first}), ("b", {"f": reshaped})), "s")
 
 
 def test_exclusive_minimum_is_openapi_v3_0(spec_schema: dict[str, Any]) -> None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from metatide.extractor.errors import MassDeleteRefusedError
 from metatide.extractor.ids import RunId
 from metatide.extractor.manifest import MANIFEST_KEY
 from metatide.extractor.marker import MARKER_KEY
+from metatide.extractor.runfiles import diff_key
 from metatide.extractor.spec import ExtractionSpec
 from metatide.extractor.storage import open_store
 from tests.harness import (
@@ -99,6 +102,41 @@ def test_counts_follow_the_classification(
     assert third["tables"]["deleted"] == 1
     assert third["tables_deleted_by_reason"] == {"dropped": 1, "out_of_scope": 0}
     assert third["columns"] == {"extracted": 0, "carried_forward": 3, "deleted": 1}
+
+
+def test_reasons_are_recorded_in_plan_diff_and_summary(
+    spec: ExtractionSpec, database: Path, tmp_path: Path
+) -> None:
+    asyncio.run(run_pipeline(spec, tmp_path / "w1"))
+    execute(database, "CREATE TABLE b (x TEXT); ALTER TABLE a ADD COLUMN z INT;")
+    summary = asyncio.run(run_pipeline(spec, tmp_path / "w2"))
+    assert summary["tables_by_reason"] == {
+        "new_after_marker": 1,
+        "new_before_marker": 0,
+        "type_changed": 0,
+        "object_replaced": 0,
+        "ddl_time_after_marker": 0,
+        "fingerprint_changed": 1,
+        "ddl_time_changed": 0,
+        "unchanged": 0,
+    }
+    store = open_store(spec)
+    run_id = RunId(str(summary["run_id"]))
+    plan = json.loads(asyncio.run(store.get(f"runs/{run_id}/plan/plan.json")).data)
+    assert plan["tables_by_reason"]["fingerprint_changed"] == 1
+    planned = pq.read_table(
+        io.BytesIO(asyncio.run(store.get(f"runs/{run_id}/plan/table.parquet")).data)
+    )
+    assert dict(
+        zip(planned["table_name"].to_pylist(), planned["reason"].to_pylist(), strict=True)
+    ) == {"a": "fingerprint_changed", "b": "new_after_marker"}
+    diff = pq.read_table(
+        io.BytesIO(asyncio.run(store.get(diff_key(run_id, "table", "parquet"))).data)
+    ).to_pylist()
+    assert [(r["table_name"], r["change"], r["reason"]) for r in diff] == [
+        ("a", "updated", "fingerprint_changed"),
+        ("b", "created", "new_after_marker"),
+    ]
 
 
 def test_no_change_run_writes_only_the_manifest(spec: ExtractionSpec, tmp_path: Path) -> None:

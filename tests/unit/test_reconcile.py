@@ -293,3 +293,36 @@ def test_phase_jobs_are_secure_and_get_secrets_from_secret_keys(phase: str) -> N
     assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     config_map = spec_config_map("shop", "uid-1", "20260301t120000z-1a2b3c4d", spec)
     assert "secretKeyRef" in config_map["data"]["spec.json"]  # references, never values
+
+
+def _ref(env: str, name: str, key: str) -> dict[str, Any]:
+    return {"env": env, "secretKeyRef": {"name": name, "key": key}}
+
+
+def test_every_secret_the_spec_names_reaches_the_pods_whatever_the_source() -> None:
+    # The operator has no source-specific code: the spec model lists its secret references.
+    spec = make_spec(
+        source={
+            "kind": "mysql",
+            "dsnFrom": _ref("SHOP_DSN", "shop-db", "dsn"),
+            "passwordFrom": _ref("SHOP_PASSWORD", "shop-db", "password"),
+            "tls": {"mode": "verify-ca", "caFrom": _ref("SHOP_CA", "shop-ca", "ca.crt")},
+        }
+    )
+    job = phase_job("shop", "uid-1", "20260301t120000z-1a2b3c4d", "columns", spec, batches=2)
+    env = {item["name"]: item for item in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    wanted = {
+        "SHOP_DSN": {"name": "shop-db", "key": "dsn"},
+        "SHOP_PASSWORD": {"name": "shop-db", "key": "password"},
+        "SHOP_CA": {"name": "shop-ca", "key": "ca.crt"},
+        "AWS_ACCESS_KEY_ID": {"name": "s3", "key": "a"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "s3", "key": "s"},
+    }
+    assert {name: env[name]["valueFrom"]["secretKeyRef"] for name in wanted} == wanted
+    assert [ref.env for ref in spec.secret_refs()] == [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "SHOP_DSN",
+        "SHOP_PASSWORD",
+        "SHOP_CA",
+    ]

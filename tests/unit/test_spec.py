@@ -14,6 +14,7 @@ from metatide.extractor.spec import (
     SEED_COLUMN_BATCH_SIZE,
     SEED_PREFIX_TEMPLATE,
     ExtractionSpec,
+    MysqlSourceSpec,
     PostgresSourceSpec,
     SecretRef,
     SqliteSourceSpec,
@@ -331,3 +332,46 @@ def test_lease_and_verification_defaults() -> None:
     assert spec.state.verify_every_runs == 24
     assert parse_spec(spec_with(state={"verifyEveryRuns": 0})).state.verify_every_runs == 0
     assert "leaseSeconds" in spec_error(spec_with(state={"leaseSeconds": 5}))
+
+
+def test_mysql_source_defaults_and_secrets() -> None:
+    spec = parse_spec(
+        spec_with(source={"kind": "mysql", "scope": {"include": [{"schema": "shop"}]}})
+    )
+    source = spec.source
+    assert isinstance(source, MysqlSourceSpec)
+    assert source.dsn_from.env == "METATIDE_SOURCE_DSN"
+    assert source.tls.mode == "required"
+    assert source.tls.ca_from is None
+    assert [rule.schema_ for rule in source.scope.include] == ["shop"]
+    assert [ref.env for ref in spec.secret_refs()] == [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "METATIDE_SOURCE_DSN",
+    ]
+
+
+def test_mysql_tls_mode_is_checked_and_the_ca_is_a_secret_reference() -> None:
+    message = spec_error(spec_with(source={"kind": "mysql", "tls": {"mode": "prefer"}}))
+    assert "source.mysql.tls.mode" in message
+    source = {
+        "kind": "mysql",
+        "passwordFrom": {"env": "DB_PASSWORD"},
+        "tls": {"mode": "verify-identity", "caFrom": {"env": "DB_CA"}},
+    }
+    spec = parse_spec(spec_with(source=source))
+    assert [ref.env for ref in spec.source.secret_refs()] == [
+        "METATIDE_SOURCE_DSN",
+        "DB_PASSWORD",
+        "DB_CA",
+    ]
+
+
+def test_mysql_has_no_databases_field() -> None:
+    # MySQL databases are schemas: they are chosen with scope, not source.databases.
+    message = spec_error(spec_with(source={"kind": "mysql", "databases": ["shop"]}))
+    assert "source.mysql.databases" in message
+
+
+def test_sqlite_needs_no_secret() -> None:
+    assert parse_spec(CAMEL).source.secret_refs() == []
