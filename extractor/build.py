@@ -328,8 +328,8 @@ def _changes(
 
 
 def _count(connection: duckdb.DuckDBPyConnection, view: str) -> int:
-    found = connection.execute(f"SELECT count(*) FROM {view}").fetchone()
-    return int(found[0]) if found else 0
+    ((found,),) = connection.execute(f"SELECT count(*) FROM {view}").fetchall()
+    return int(found)
 
 
 def _diffs(

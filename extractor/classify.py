@@ -116,3 +116,39 @@ def deleted_tables(
         for database, schema, table in gone
     ]
     return pa.Table.from_pylist(rows, schema=DELETED_TABLE_SCHEMA)
+
+
+_RENAMED = """
+SELECT count(*) FROM (
+    SELECT p.object_id, p.table_type FROM previous_tables AS p
+    ANTI JOIN current_tables AS c USING (database_name, schema_name, table_name)
+    WHERE p.object_id IS NOT NULL
+) AS gone
+SEMI JOIN (
+    SELECT c.object_id, c.table_type FROM current_tables AS c
+    ANTI JOIN previous_tables AS p USING (database_name, schema_name, table_name)
+) AS came USING (object_id, table_type)
+"""
+
+
+def renamed_tables(
+    connection: duckdb.DuckDBPyConnection, current: pa.Table, previous: pa.Table
+) -> int:
+    """Tables gone under their old name whose object id reappears under a new one.
+
+    The mass-delete guard does not count them as deletions: renaming the only table of a
+    schema is not a mass delete. (The change records still check the columns before they
+    call it a rename; this count is only the guard's.)
+    """
+    connection.register(
+        "current_tables", current.select([*TABLE_KEY_COLUMNS, "table_type", "object_id"])
+    )
+    connection.register(
+        "previous_tables", previous.select([*TABLE_KEY_COLUMNS, "table_type", "object_id"])
+    )
+    try:
+        ((found,),) = connection.execute(_RENAMED).fetchall()
+    finally:
+        connection.unregister("current_tables")
+        connection.unregister("previous_tables")
+    return int(found)

@@ -129,6 +129,9 @@ class PlanDocument(BaseModel):
     """Bytes plan read from the store."""
     lease_seconds: int = Field(default=300, ge=1)
     """The lease term the later phases renew (`state.leaseSeconds` at plan)."""
+    tables_renamed: int = Field(default=0, ge=0)
+    """Deleted tables whose object id reappeared under a new name: not deletions to the
+    mass-delete guard."""
 
 
 async def write_table(store: Store, key: str, table: pa.Table) -> None:

@@ -146,7 +146,7 @@ async def _build_and_commit(
         check_mass_delete(
             plan.previous_tables,
             inputs.planned.num_rows,
-            inputs.deleted.num_rows,
+            max(inputs.deleted.num_rows - plan.tables_renamed, 0),
             spec.mass_delete_guard,
         )
         progress.start("build state", total=None)

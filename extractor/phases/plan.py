@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from metatide.extractor import duck
 from metatide.extractor.baseline import Baseline, read_baseline
-from metatide.extractor.classify import classify_tables, deleted_tables
+from metatide.extractor.classify import classify_tables, deleted_tables, renamed_tables
 from metatide.extractor.guard import check_mass_delete
 from metatide.extractor.ids import RunId, new_run_id
 from metatide.extractor.layers import load_previous, logical_rows
@@ -254,7 +254,7 @@ async def _classify_and_write(
     full = manifest is None or spec.force_full_extraction
     connection = duck.connect(spec.duckdb)
     try:
-        classified, deleted = await asyncio.to_thread(
+        classified, deleted, renamed = await asyncio.to_thread(
             _classify,
             connection,
             listing.tables,
@@ -265,7 +265,7 @@ async def _classify_and_write(
     finally:
         connection.close()
     check_mass_delete(
-        previous.num_rows, classified.num_rows, deleted.num_rows, spec.mass_delete_guard
+        previous.num_rows, classified.num_rows, deleted.num_rows - renamed, spec.mass_delete_guard
     )
     bucket_count = choose_bucket_count(
         classified.num_rows,
@@ -306,6 +306,7 @@ async def _classify_and_write(
         verified_all=loaded.verified_all,
         baseline_problems=[*baseline.problems, *map(str, loaded.skipped)],
         lease_seconds=spec.state.lease_seconds,
+        tables_renamed=renamed,
     )
 
 
@@ -315,9 +316,10 @@ def _classify(
     previous: pa.Table,
     marker: datetime,
     scope: Scope,
-) -> tuple[pa.Table, pa.Table]:
+) -> tuple[pa.Table, pa.Table, int]:
     classified = classify_tables(connection, tables, previous, marker)
-    return classified, deleted_tables(connection, tables, previous, scope)
+    deleted = deleted_tables(connection, tables, previous, scope)
+    return classified, deleted, renamed_tables(connection, tables, previous)
 
 
 def _with_buckets(classified: pa.Table, bucket_count: int, full: bool) -> pa.Table:

@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import ssl
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -76,6 +77,7 @@ from metatide.extractor.errors import (
     SpecError,
 )
 from metatide.extractor.ids import TableKey
+from metatide.extractor.logs import log
 from metatide.extractor.records import COLUMN_SCHEMA, TABLE_SCHEMA, rows_to_table
 from metatide.extractor.scope import Scope
 from metatide.extractor.sources.base import (
@@ -120,6 +122,17 @@ WHERE TABLE_SCHEMA = ? AND TABLE_TYPE IN {_RELATION_TYPES}
 """
 
 _IS_RELATION = f" AND c.TABLE_TYPE IN {_RELATION_TYPES}"
+
+# InnoDB's table id survives RENAME TABLE (and instant ALTERs) but not a rebuild: the
+# tables' object ids, for rename detection. InnoDB names tables `schema/table` in its
+# filename encoding, which equals the SQL name only for [A-Za-z0-9_] names; other names get
+# no id. Reading these views needs the PROCESS privilege: without it, no ids at all.
+_INNODB_TABLE_IDS: Final = {
+    True: "SELECT NAME, TABLE_ID FROM information_schema.INNODB_SYS_TABLES WHERE NAME LIKE ?",
+    False: "SELECT NAME, TABLE_ID FROM information_schema.INNODB_TABLES WHERE NAME LIKE ?",
+}
+_PLAIN_NAME: Final = re.compile(r"^[A-Za-z0-9_]+$")
+_NO_PRIVILEGE: Final = frozenset({1227, 1044, 1142})  # PROCESS missing / access denied
 
 _VIEWS = "SELECT TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS WHERE TABLE_SCHEMA = ?"
 
@@ -269,6 +282,7 @@ class MysqlSource:
         self._ssl: ssl.SSLContext | None = None
         self._connection: Any = None
         self._mariadb = False
+        self._table_ids_refused = False
         self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> Self:
@@ -359,6 +373,7 @@ class MysqlSource:
                 views = dict(await _fetch(connection, _VIEWS, schema))
             untimed = [name for name, _, created, _ in relations if created is None]
             hashes = await self._column_hashes(connection, schema, untimed)
+            table_ids = await self._table_ids(connection, schema)
         rows = []
         for name, kind, created, comment in relations:
             table_type = _TABLE_TYPES.get(kind, kind)
@@ -378,9 +393,34 @@ class MysqlSource:
                     "fingerprint": None
                     if created is not None
                     else _fingerprint(table_type, comment_text, definition, hashes.get(name)),
+                    "object_id": None if kind == "VIEW" else table_ids.get(name),
                 }
             )
         return rows
+
+    async def _table_ids(self, connection: Any, schema: str) -> dict[str, str]:
+        """InnoDB table ids of the schema's plain-named tables (none without PROCESS)."""
+        if not _PLAIN_NAME.match(schema) or self._table_ids_refused:
+            return {}
+        pattern = schema.replace("_", "\\_") + "/%"
+        try:
+            rows = await _fetch(connection, _INNODB_TABLE_IDS[self._mariadb], pattern)
+        except driver.MySQLError as exc:
+            if _code(exc) not in _NO_PRIVILEGE:
+                raise
+            self._table_ids_refused = True
+            log.warning(
+                "mysql_table_ids_unavailable",
+                reason="the user lacks the PROCESS privilege; renamed tables show as a "
+                "drop and a create",
+            )
+            return {}
+        prefix = f"{schema}/"
+        return {
+            name[len(prefix) :]: str(table_id)
+            for name, table_id in rows
+            if name.startswith(prefix) and _PLAIN_NAME.match(name[len(prefix) :])
+        }
 
     async def _column_hashes(
         self, connection: Any, schema: str, tables: list[str]

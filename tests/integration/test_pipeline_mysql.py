@@ -25,7 +25,7 @@ from metatide.extractor.ids import RunId
 from metatide.extractor.phases.columns import extract_batch
 from metatide.extractor.phases.finalize import finalize
 from metatide.extractor.phases.plan import plan
-from metatide.extractor.runfiles import diff_key
+from metatide.extractor.runfiles import changes_key, diff_key
 from metatide.extractor.sources import mysql as mysql_source
 from metatide.extractor.sources import open_source
 from metatide.extractor.spec import ExtractionSpec
@@ -45,6 +45,7 @@ from tests.services import (
     drop_mysql_database,
     fresh_bucket,
     mysql_dsn,
+    mysql_dsn_for,
     mysql_execute,
     mysql_ident,
     require_mysql,
@@ -235,3 +236,51 @@ def test_a_ddl_in_the_markers_second_is_not_lost(
     assert (table, "late") in {
         (r["table_name"], r["column_name"]) for r in state["column"].to_pylist()
     }
+
+
+def changes_of(spec: ExtractionSpec, run_id: str) -> list[tuple[Any, ...]]:
+    rows = read_parquet(spec, changes_key(RunId(run_id)))
+    return [
+        (r["entity"], r["change"], r["table_name"], r["previous_table_name"])
+        for r in rows
+        if r["entity"] == "table"
+    ]
+
+
+def test_a_renamed_table_is_one_renamed_record(schemas: tuple[str, str], tmp_path: Path) -> None:
+    """InnoDB's table id survives RENAME TABLE: a rename, not a drop and a create."""
+    shop, _ = schemas
+    mysql_execute(f"CREATE TABLE {q(shop, 'orders')} (id int PRIMARY KEY, amount decimal(10,2))")
+    spec = spec_for(f"file://{tmp_path / 'store'}", shop)
+    first = asyncio.run(run_pipeline(spec, tmp_path / "first"))
+    assert first["tables"]["CREATED"] == 1
+    mysql_execute(f"RENAME TABLE {q(shop, 'orders')} TO {q(shop, 'purchases')}")
+    second = asyncio.run(run_pipeline(spec, tmp_path / "second"))
+    assert changes_of(spec, second["run_id"]) == [("table", "renamed", "purchases", "orders")]
+    reference = asyncio.run(full_state(spec, f"file://{tmp_path / 'ref'}", tmp_path / "full"))
+    assert_same_state(asyncio.run(committed_state(spec, tmp_path / "read")), reference)
+
+
+def test_without_the_process_privilege_a_rename_is_a_drop_and_a_create(
+    schemas: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shop, _ = schemas
+    user, password = f"mt_noproc_{uuid.uuid4().hex[:6]}", "no-process-pw"
+    mysql_execute(
+        f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'",
+        f"GRANT SELECT, SHOW VIEW ON {mysql_ident(shop)}.* TO '{user}'@'%'",
+        f"CREATE TABLE {q(shop, 'orders')} (id int PRIMARY KEY)",
+        f"CREATE TABLE {q(shop, 'customers')} (id int PRIMARY KEY)",  # keeps the guard quiet
+    )
+    try:
+        monkeypatch.setenv("METATIDE_SOURCE_DSN", mysql_dsn_for(user, password))
+        spec = spec_for(f"file://{tmp_path / 'store'}", shop)
+        asyncio.run(run_pipeline(spec, tmp_path / "first"))
+        mysql_execute(f"RENAME TABLE {q(shop, 'orders')} TO {q(shop, 'purchases')}")
+        second = asyncio.run(run_pipeline(spec, tmp_path / "second"))
+        assert changes_of(spec, second["run_id"]) == [
+            ("table", "created", "purchases", None),
+            ("table", "deleted", "orders", None),
+        ]
+    finally:
+        mysql_execute(f"DROP USER '{user}'@'%'")

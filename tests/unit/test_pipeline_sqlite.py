@@ -280,3 +280,14 @@ def test_changes_go_to_a_delta_until_the_bucket_is_compacted(
     execute(database, "".join(f"ALTER TABLE t{i} ADD COLUMN w INT;" for i in range(10, 16)))
     check_run(layered, tmp_path, "compacted")
     assert layers() == ["base"]
+
+
+def test_renaming_the_only_table_is_not_a_mass_delete(
+    spec: ExtractionSpec, database: Path, tmp_path: Path
+) -> None:
+    """The guard counts a table whose id reappears under a new name as renamed, not deleted."""
+    asyncio.run(run_pipeline(spec, tmp_path / "w1"))
+    execute(database, "ALTER TABLE a RENAME TO a_renamed;")
+    summary = asyncio.run(run_pipeline(spec, tmp_path / "w2"))
+    assert summary["changes"]["table"]["renamed"] == 1
+    assert summary["changes"]["table"]["deleted"] == 0
