@@ -153,8 +153,8 @@ async def reasons_between(
     """Why things changed, as the run that made `newer` recorded it.
 
     Deletions are `out_of_scope` when the scope excludes them now, else `dropped` (the rule
-    plan applies). Classification reasons exist only for consecutive states: they are the
-    newer run's, from its plan (kept with the run).
+    plan applies). Classification reasons exist only for consecutive states (or a first
+    state): they are the newer run's, from its plan (kept with the run).
     """
     scope = Scope(spec.source.scope)
     deleted: dict[Entity, pa.Table] = {}
@@ -167,7 +167,7 @@ async def reasons_between(
         ]
         deleted[entity] = gone.append_column("reason", pa.array(reasons, pa.string()))
     tables = None
-    if older is not None and newer.parent_run_id == older.run_id:
+    if newer.parent_run_id == (older.run_id if older else None):
         tables = await _plan_reasons(store, newer.run_id)
     return Reasons(tables=tables, deleted=deleted)
 

@@ -16,11 +16,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from metatide.extractor import duck
+from metatide.extractor.changes import ChangeHeader, StatePair, change_records, stable_column_ids
+from metatide.extractor.history import kept, reasons_between
 from metatide.extractor.ids import ENTITIES, Entity, RunId
 from metatide.extractor.layers import read_state
 from metatide.extractor.phases.run import run
 from metatide.extractor.records import KEY_COLUMNS, SCHEMAS
-from metatide.extractor.runfiles import diff_key
+from metatide.extractor.runfiles import changes_key, diff_key
 from metatide.extractor.spec import ExtractionSpec, parse_spec
 from metatide.extractor.state import sort_by_key
 from metatide.extractor.storage import KeyNotFoundError, Store, open_store
@@ -141,3 +144,35 @@ def execute_sqlite(database: Path, script: str) -> None:
     """Run a SQL script (DDL of a test) against a SQLite file."""
     with sqlite3.connect(database) as connection:
         connection.executescript(script)
+
+
+async def check_change_records(
+    spec: ExtractionSpec, before: State, after: State, workdir: Path
+) -> None:
+    """The committed run's change records equal those computed from the two whole states."""
+    store = open_store(spec)
+    kept_states = await kept(store, 2)
+    newer = kept_states[0]
+    older = kept_states[1] if len(kept_states) > 1 else None
+    data = (await store.get(changes_key(newer.run_id))).data
+    stored = pq.read_table(io.BytesIO(data)).to_pylist()
+    reasons = await reasons_between(store, spec, older, newer, before, after)
+    header = ChangeHeader(newer.run_id, older.run_id if older else None, newer.marker)
+    connection = duck.connect(spec.duckdb)
+    try:
+        direct = change_records(
+            connection,
+            StatePair(before, after),
+            header,
+            reasons=reasons,
+            stable_column_ids=stable_column_ids(spec.source.kind),
+        ).to_pylist()
+    finally:
+        connection.close()
+    if stored != direct:
+        missing = [row for row in direct if row not in stored][:3]
+        extra = [row for row in stored if row not in direct][:3]
+        raise AssertionError(
+            f"run {newer.run_id} recorded {len(stored)} change records, the states imply "
+            f"{len(direct)}; missing {missing}; unexpected {extra}"
+        )

@@ -4,7 +4,9 @@ A hypothesis state machine applies random DDL (create/drop/rename tables, add/dr
 retype columns, nullability, defaults, comments, schemas, views and materialized views) to a
 real database, interleaved with runs that use small batch sizes (many batches) or large ones.
 After every run it checks that the committed state equals a fresh full extraction of the same
-database, and that the published diff equals the difference between consecutive states.
+database, that the published diff equals the difference between consecutive states, and that
+the run's change records (computed from the buckets it touched) equal those computed directly
+from the two whole states (renames included).
 
 It runs on PostgreSQL 15 (fingerprints decide) and on MariaDB (the marker and DDL times
 decide, with `preponeHours: 0`, so a DDL time in the marker's own second is exercised all
@@ -38,6 +40,7 @@ from metatide.extractor.storage import open_store
 from tests.harness import (
     State,
     assert_same_state,
+    check_change_records,
     committed_state,
     empty_state,
     expected_diff,
@@ -345,6 +348,7 @@ class IncrementalMachine(RuleBasedStateMachine):
         assert_same_state(state, reference)
         diff = asyncio.run(published_diff(open_store(spec), RunId(summary["run_id"])))
         assert diff == expected_diff(self.previous, state)
+        asyncio.run(check_change_records(spec, self.previous, state, self.folder / f"{tag}-ch"))
         self.previous = state
 
     @invariant()
