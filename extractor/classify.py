@@ -5,15 +5,15 @@ not in previous state  -> CREATED  if created (or last changed) at or after the 
                           BACKFILL if it existed before the marker (filter widened, a run
                                    missed it)                           new_before_marker
 in previous state      -> UPDATED  if its type differs                  type_changed
-                                   its object id differs (dropped and created again under
-                                   the same name, see records.TABLE_SCHEMA)
-                                                                        object_replaced
                                    its DDL time is at or after the marker
                                                                         ddl_time_after_marker
                                    its fingerprint differs              fingerprint_changed
                                    its DDL time differs from the state's (a clock that went
                                    back further than preponeHours, a restored server)
                                                                         ddl_time_changed
+                                   only its object id differs (dropped and created again
+                                   under the same name, or rebuilt: records.TABLE_SCHEMA)
+                                                                        object_replaced
                           NO CHANGE otherwise                           unchanged
 only in previous state -> deleted, reason 'out_of_scope' when the scope excludes it now,
                           else 'dropped'
@@ -43,11 +43,11 @@ CASE
            OR coalesce(c.created_at, c.ddl_time) >= $marker
          THEN 'new_after_marker' ELSE 'new_before_marker' END
   WHEN c.table_type IS DISTINCT FROM p.table_type THEN 'type_changed'
-  WHEN p.object_id IS NOT NULL AND c.object_id IS DISTINCT FROM p.object_id
-    THEN 'object_replaced'
   WHEN c.ddl_time >= $marker THEN 'ddl_time_after_marker'
   WHEN c.fingerprint IS DISTINCT FROM p.fingerprint THEN 'fingerprint_changed'
   WHEN c.ddl_time IS DISTINCT FROM p.ddl_time THEN 'ddl_time_changed'
+  WHEN p.object_id IS NOT NULL AND c.object_id IS DISTINCT FROM p.object_id
+    THEN 'object_replaced'
   ELSE 'unchanged'
 END
 """

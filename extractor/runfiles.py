@@ -28,10 +28,10 @@ TableReason = Literal[
     "new_after_marker",
     "new_before_marker",
     "type_changed",
-    "object_replaced",
     "ddl_time_after_marker",
     "fingerprint_changed",
     "ddl_time_changed",
+    "object_replaced",
     "unchanged",
 ]
 TABLE_REASONS: Final[tuple[TableReason, ...]] = get_args(TableReason)

@@ -141,6 +141,20 @@ def test_renames_through_a_sequence_of_ddl(spec: ExtractionSpec, tmp_path: Path)
     assert contact["before"] == '{"data_type":"text"}'
     assert contact["after"] == '{"data_type":"character varying(300)"}'
 
+    # Dropped and created again with the very same DDL: the fingerprint cannot tell, the oid
+    # can (classified UPDATED, reason object_replaced).
+    records = step(
+        spec,
+        tmp_path,
+        "DROP TABLE archive.purchases;"
+        "CREATE TABLE archive.purchases (id bigint PRIMARY KEY,"
+        " amount numeric(12,2) NOT NULL DEFAULT 0);",
+    )
+    assert brief(records) == [
+        ("table", "updated", "archive", "purchases", None, None, None, None, ("object_id",)),
+    ]
+    assert records[0]["reason"] == "object_replaced"
+
 
 # -- an oid that comes back ----------------------------------------------------------------
 
