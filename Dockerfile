@@ -16,44 +16,65 @@
 #   docker build --secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt -t metatide:dev .
 #
 # PYTHON_IMAGE may name another CPython 3.11 image of the same shape (interpreter at
-# /usr/local/bin/python3.11, pip, groupadd/useradd); e2e/cluster image builds one from Debian
-# packages for machines that cannot pull from a registry.
+# /usr/local/bin/python3.11, pip, groupadd/useradd): `e2e/cluster image` makes one from Debian's
+# packages with mmdebstrap, for machines that cannot pull from a registry.
+#
+# Layers, so a rebuild after a source change takes seconds: the base, the user, the locked
+# dependencies (rebuilt only when pyproject.toml or uv.lock change), then the project (~1 MB).
 
 ARG PYTHON_IMAGE=python:3.11-slim
+ARG UV_VERSION=0.13.9
 
-FROM ${PYTHON_IMAGE} AS deps
-# Bytecode is compiled at build time (the runtime filesystem is read-only); the venv lives where
-# the runtime image expects it, using the base image's interpreter (same path in both stages).
-ENV UV_COMPILE_BYTECODE=1 \
-    UV_LINK_MODE=copy \
-    UV_PYTHON_DOWNLOADS=never \
-    UV_PYTHON=/usr/local/bin/python3.11 \
-    UV_PROJECT_ENVIRONMENT=/opt/venv \
-    UV_CACHE_DIR=/var/cache/uv
+# The runtime: the user, then the locked dependencies in /opt/venv (the big layer), rebuilt only
+# when pyproject.toml or uv.lock change; they stay in /opt/metatide as a record of what the
+# image holds.
+FROM ${PYTHON_IMAGE} AS runtime
+ARG UV_VERSION
+RUN groupadd --system --gid 10001 metatide \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
+        --shell /usr/sbin/nologin metatide
+# Bytecode is compiled at build time (the root filesystem is read-only at run time); the venv
+# uses the base image's interpreter. Build arguments, so none of this stays in the image.
+ARG UV_COMPILE_BYTECODE=1
+ARG UV_LINK_MODE=copy
+ARG UV_PYTHON_DOWNLOADS=never
+ARG UV_PYTHON=/usr/local/bin/python3.11
+ARG UV_PROJECT_ENVIRONMENT=/opt/venv
+ARG UV_CACHE_DIR=/var/cache/uv
+WORKDIR /opt/metatide
+COPY pyproject.toml uv.lock ./
+# uv is installed for this step and removed by it, so no layer of the image holds it.
+RUN --mount=type=secret,id=ca-bundle,target=/run/secrets/ca-bundle \
+    --mount=type=cache,target=/var/cache/uv \
+    if [ -s /run/secrets/ca-bundle ]; then \
+        export PIP_CERT=/run/secrets/ca-bundle SSL_CERT_FILE=/run/secrets/ca-bundle; \
+    fi \
+    && pip install --no-cache-dir --disable-pip-version-check --target /tmp/uv "uv==$UV_VERSION" \
+    && /tmp/uv/bin/uv sync --frozen --no-dev --extra operator --no-install-project \
+    && rm -rf /tmp/uv
+
+# The project itself, as a regular (non-editable) install: src/metatide links to the top-level
+# extractor/ and operator/ folders, so the whole tree is the build context. Only its own files
+# are compiled (compiling the whole venv again would rewrite every dependency's bytecode; the
+# build arguments above are not inherited here) and copied to /project, a tree that mirrors the
+# venv; the build fails if the install wrote anything else, which the final image would miss.
+FROM runtime AS project
+ARG UV_VERSION
 RUN --mount=type=secret,id=ca-bundle,target=/run/secrets/ca-bundle \
     if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
-    && pip install --no-cache-dir --disable-pip-version-check uv==0.13.9
-WORKDIR /src
-# Dependencies first, from the lock file alone: this layer (the big one) is rebuilt only when
-# pyproject.toml or uv.lock change, and the final image takes it as one unchanged layer.
-COPY pyproject.toml uv.lock ./
-RUN --mount=type=secret,id=ca-bundle,target=/run/secrets/ca-bundle \
-    --mount=type=cache,target=/var/cache/uv \
-    if [ -s /run/secrets/ca-bundle ]; then export SSL_CERT_FILE=/run/secrets/ca-bundle; fi \
-    && uv sync --frozen --no-dev --extra operator --no-install-project
-
-FROM deps AS project
-# Then the project itself, as a regular (non-editable) install: src/metatide links to the
-# top-level extractor/ and operator/ folders, so the whole tree is the build context. Only its
-# own files are compiled (compiling the whole venv again would rewrite every dependency's
-# bytecode) and copied to /project, a tree that mirrors the venv; the build fails if the
-# install wrote anything else, which the final image would otherwise miss.
-COPY . .
+    && pip install --no-cache-dir --disable-pip-version-check "uv==$UV_VERSION"
+ARG UV_LINK_MODE=copy
+ARG UV_PYTHON_DOWNLOADS=never
+ARG UV_PYTHON=/usr/local/bin/python3.11
+ARG UV_PROJECT_ENVIRONMENT=/opt/venv
+ARG UV_CACHE_DIR=/var/cache/uv
 ARG SITE=/opt/venv/lib/python3.11/site-packages
+WORKDIR /src
+COPY . .
 RUN --mount=type=secret,id=ca-bundle,target=/run/secrets/ca-bundle \
     --mount=type=cache,target=/var/cache/uv \
     if [ -s /run/secrets/ca-bundle ]; then export SSL_CERT_FILE=/run/secrets/ca-bundle; fi \
-    && UV_COMPILE_BYTECODE=0 uv sync --frozen --no-dev --extra operator --no-editable \
+    && uv sync --frozen --no-dev --extra operator --no-editable \
     && ! cut -d, -f1 "$SITE"/metatide-*.dist-info/RECORD \
         | grep -v -e '^metatide/' -e '^metatide-[^/]*\.dist-info/' -e '^\.\./\.\./\.\./bin/metatide$' \
     && /opt/venv/bin/python -P -m compileall -q -j 0 "$SITE/metatide" \
@@ -62,11 +83,7 @@ RUN --mount=type=secret,id=ca-bundle,target=/run/secrets/ca-bundle \
     && cp -a "$SITE/metatide" "$SITE"/metatide-*.dist-info "/project$SITE/" \
     && /opt/venv/bin/metatide --help >/dev/null
 
-FROM ${PYTHON_IMAGE}
-RUN groupadd --system --gid 10001 metatide \
-    && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
-        --shell /usr/sbin/nologin metatide
-COPY --from=deps /opt/venv /opt/venv
+FROM runtime
 COPY --from=project /project/ /
 # PYTHONSAFEPATH: never put the working directory on sys.path (a folder named `operator` there
 # would shadow the standard library).

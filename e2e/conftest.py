@@ -22,6 +22,7 @@ if str(E2E_DIR) not in sys.path:  # pytest's importlib mode does not add rootles
 if str(E2E_DIR.parent) not in sys.path:  # for tests.services; appended, so the repository's
     sys.path.append(str(E2E_DIR.parent))  # operator/ folder never shadows the stdlib module
 
+import test_image  # noqa: E402
 from localkube import controlplane  # noqa: E402
 from localkube.settings import layout  # noqa: E402
 from localkube.testkit import Cluster  # noqa: E402
@@ -48,6 +49,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _SKIPPED:
         terminalreporter.section("e2e skips")
         for line in _SKIPPED:
+            terminalreporter.write_line(line)
+    if test_image.REPORT:
+        terminalreporter.section("image")
+        for line in test_image.REPORT:
             terminalreporter.write_line(line)
 
 
