@@ -40,12 +40,11 @@ ARG UV_LINK_MODE=copy
 ARG UV_PYTHON_DOWNLOADS=never
 ARG UV_PYTHON=/usr/local/bin/python3.11
 ARG UV_PROJECT_ENVIRONMENT=/opt/venv
-ARG UV_CACHE_DIR=/var/cache/uv
 WORKDIR /opt/metatide
 COPY pyproject.toml uv.lock ./
 # uv is installed for this step and removed by it, so no layer of the image holds it.
 RUN --mount=type=secret,id=ca-bundle,target=/run/secrets/ca-bundle \
-    --mount=type=cache,target=/var/cache/uv \
+    --mount=type=cache,target=/root/.cache \
     if [ -s /run/secrets/ca-bundle ]; then \
         export PIP_CERT=/run/secrets/ca-bundle SSL_CERT_FILE=/run/secrets/ca-bundle; \
     fi \
@@ -67,12 +66,11 @@ ARG UV_LINK_MODE=copy
 ARG UV_PYTHON_DOWNLOADS=never
 ARG UV_PYTHON=/usr/local/bin/python3.11
 ARG UV_PROJECT_ENVIRONMENT=/opt/venv
-ARG UV_CACHE_DIR=/var/cache/uv
 ARG SITE=/opt/venv/lib/python3.11/site-packages
 WORKDIR /src
 COPY . .
 RUN --mount=type=secret,id=ca-bundle,target=/run/secrets/ca-bundle \
-    --mount=type=cache,target=/var/cache/uv \
+    --mount=type=cache,target=/root/.cache \
     if [ -s /run/secrets/ca-bundle ]; then export SSL_CERT_FILE=/run/secrets/ca-bundle; fi \
     && uv sync --frozen --no-dev --extra operator --no-editable \
     && ! cut -d, -f1 "$SITE"/metatide-*.dist-info/RECORD \

@@ -307,7 +307,8 @@ def test_pods_run_from_the_image_as_its_user_on_a_read_only_root(
 
 
 def test_deleting_a_pod_stops_its_container(cluster: Cluster, namespace: str) -> None:
-    cluster.apply(_pod(namespace, "sleeper", _container("sleeper", "exec sleep 600")))
+    sleeper = _container("sleeper", "exec sleep 600")  # PID 1 ignores SIGTERM: SIGKILL after 1 s
+    cluster.apply(_pod(namespace, "sleeper", sleeper, terminationGracePeriodSeconds=1))
     pod = cluster.wait_for_pod(namespace, "sleeper", ("Running",))
     container = pod["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
     where = node.node_layout(cluster.layout)

@@ -48,8 +48,9 @@ def test_metatide_help_works_on_a_read_only_root_with_a_tmpfs(
 
 FORBIDDEN = r"""
 for name in gcc cc c++ g++ clang tcc uv uvx; do command -v "$name"; done
-find / -xdev \( -name uv -o -name uvx -o -name 'uv-*.dist-info' -o -name cc1 -o -name cc1plus \
-    -o -name 'x86_64-linux-gnu-gcc*' \) -print 2>/dev/null
+find / -xdev \( \( -name uv -o -name uvx -o -name cc1 -o -name cc1plus \
+    -o -name 'x86_64-linux-gnu-gcc*' \) \( -type f -o -type l \) -o -name 'uv-*.dist-info' \) \
+    -print 2>/dev/null
 /opt/venv/bin/python -c 'import importlib.util as u; print(u.find_spec("uv") or "")'
 """
 

@@ -146,23 +146,22 @@ def _install(built: Path, target: Path, digest: str, seconds: float) -> None:
     built.rename(target)
 
 
+def _go_build(layout: Layout, module: Path, packages: list[str], log: Path) -> Path:
+    """One ``go build`` of a wrapper module's commands into a fresh folder beside the cache."""
+    out = Path(tempfile.mkdtemp(prefix=".build-", dir=layout.kube_bin.parent))
+    args = [GO, "build", "-trimpath", f"-ldflags={version_ldflags(KUBERNETES_VERSION)}"]
+    _run_logged([*args, "-o", f"{out}/", *packages], cwd=module, env=go_env(layout), log=log)
+    return out
+
+
 def build_kubernetes(layout: Layout, log: Path) -> bool:
     """Builds the four Kubernetes commands unless this exact build is cached; True if it built."""
     digest = kube_digest()
     if is_built(layout.kube_bin, digest, list(KUBE_COMMANDS)):
         return False
     layout.kube_bin.parent.mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkdtemp(prefix=".kube-", dir=layout.kube_bin.parent))
     started = time.monotonic()
-    args = [
-        GO,
-        "build",
-        "-trimpath",
-        f"-ldflags={version_ldflags(KUBERNETES_VERSION)}",
-        "-o",
-        f"{out}/",
-    ]
-    _run_logged(args + list(KUBE_COMMANDS.values()), cwd=KUBEBUILD_DIR, env=go_env(layout), log=log)
+    out = _go_build(layout, KUBEBUILD_DIR, list(KUBE_COMMANDS.values()), log)
     (out / "server").rename(out / "etcd")  # go names the etcd main package after its module dir
     _install(out, layout.kube_bin, digest, time.monotonic() - started)
     return True
@@ -205,18 +204,8 @@ def build_node(layout: Layout, log: Path) -> bool:
     if is_built(layout.node_bin, digest, [*NODE_COMMANDS, PAUSE]):
         return False
     layout.node_bin.parent.mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkdtemp(prefix=".node-", dir=layout.node_bin.parent))
     started = time.monotonic()
-    args = [
-        GO,
-        "build",
-        "-trimpath",
-        f"-ldflags={version_ldflags(KUBERNETES_VERSION)}",
-        "-o",
-        f"{out}/",
-    ]
-    packages = list(NODE_COMMANDS.values())
-    _run_logged(args + packages, cwd=NODE_KUBEBUILD_DIR, env=go_env(layout), log=log)
+    out = _go_build(layout, NODE_KUBEBUILD_DIR, list(NODE_COMMANDS.values()), log)
     source = kubernetes_source(layout, log)
     _compile_pause(source, out, log)
     (out / "pause.version").write_text(pause_version(source) + "\n")
