@@ -115,9 +115,11 @@ class Builder:
         out = self.run("image", "inspect", "--format", "{{.Size}}", ref).stdout.decode()
         return int(out.strip())
 
-    def network_options(self) -> list[str]:
-        """podman's default build network needs CNI bridge set-up; the host's works anywhere."""
-        return ["--network", "host"] if self.is_podman else []
+    @staticmethod
+    def network_options() -> list[str]:
+        """The host's network for RUN steps: it works wherever the host can download, while a
+        builder's default bridge needs NAT rules (podman's also a CNI set-up) that CI lacks."""
+        return ["--network", "host"]
 
     def container(self, ref: str, *args: str, entrypoint: str | None = None) -> list[str]:
         """``run`` arguments for a throwaway container as Kubernetes runs ours: read-only root,
