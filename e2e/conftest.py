@@ -22,7 +22,6 @@ if str(E2E_DIR) not in sys.path:  # pytest's importlib mode does not add rootles
 if str(E2E_DIR.parent) not in sys.path:  # for tests.services; appended, so the repository's
     sys.path.append(str(E2E_DIR.parent))  # operator/ folder never shadows the stdlib module
 
-import test_image  # noqa: E402
 from localkube import controlplane  # noqa: E402
 from localkube.settings import layout  # noqa: E402
 from localkube.testkit import Cluster  # noqa: E402
@@ -37,12 +36,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 _SKIPPED: list[str] = []
+_IMAGE: list[str] = []
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Remembers why the kind test skipped, so the reason is printed even without ``-rs``."""
+    """Remembers why the kind test skipped, so the reason is printed even without ``-rs``,
+    and the image line test_image records."""
     if report.skipped and "kind" in report.keywords and isinstance(report.longrepr, tuple):
         _SKIPPED.append(f"{report.nodeid}: {report.longrepr[2].removeprefix('Skipped: ')}")
+    if report.when == "call":
+        _IMAGE.extend(str(value) for name, value in report.user_properties if name == "image")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -50,9 +53,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("e2e skips")
         for line in _SKIPPED:
             terminalreporter.write_line(line)
-    if test_image.REPORT:
+    if _IMAGE:
         terminalreporter.section("image")
-        for line in test_image.REPORT:
+        for line in _IMAGE:
             terminalreporter.write_line(line)
 
 

@@ -8,13 +8,11 @@ every phase Job. A missing image or builder fails the tests, with the command th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from localkube import images
-
-REPORT: list[str] = []
-"""Lines conftest prints at the end of the run (the image's size)."""
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +85,13 @@ def test_the_hosts_private_cas_are_not_baked_in(image: tuple[images.Builder, str
     assert found.split() == [], f"files holding a private CA of this host ({pems}): {found}"
 
 
-def test_size_is_reported(image: tuple[images.Builder, str]) -> None:
+def test_size_is_reported(
+    image: tuple[images.Builder, str], record_property: Callable[[str, object], None]
+) -> None:
+    """conftest prints the ``image`` property at the end of the run."""
     tool, ref = image
     size = tool.size(ref)
     builder = tool.tool.rsplit("/", 1)[-1]
     short_id = tool.image_id(ref).removeprefix("sha256:")[:12]
-    REPORT.append(f"{ref}: {size / 1e6:.0f} MB (built by {builder}, id {short_id})")
+    record_property("image", f"{ref}: {size / 1e6:.0f} MB (built by {builder}, id {short_id})")
     assert size > 0

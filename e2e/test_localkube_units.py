@@ -29,7 +29,7 @@ def test_a_subnet_in_use_on_the_host_is_never_chosen(tmp_path: Path) -> None:
     assert first.subnet_of(network.SUBNETS)
     assert network.choose_subnet(state, []) == first, "the same directory, the same subnet"
     taken = [first, ipaddress.ip_network("10.201.0.0/17"), ipaddress.ip_network("10.201.128.0/17")]
-    with pytest.raises(RuntimeError, match="no free /24"):
+    with pytest.raises(network.NetworkError, match="no free /24"):
         network.choose_subnet(state, taken)
     other = network.choose_subnet(state, [first])
     assert other != first

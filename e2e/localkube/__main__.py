@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from . import build, controlplane, images, node
+from . import build, controlplane, images, network, node
 from .settings import KUBERNETES_VERSION, Layout, layout
 
 USAGE = """\
@@ -75,7 +75,13 @@ def _up(where: Layout, rest: list[str]) -> int:
     return 0
 
 
-FAILURES = (controlplane.ComponentError, build.BuildError, images.ImageError, node.NodeError)
+FAILURES = (
+    controlplane.ComponentError,
+    build.BuildError,
+    images.ImageError,
+    node.NodeError,
+    network.NetworkError,
+)
 
 
 def _image(where: Layout, rest: list[str]) -> int:

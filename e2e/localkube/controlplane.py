@@ -312,6 +312,8 @@ def _up(layout: Layout, extra_args: dict[str, list[str]]) -> Path:
         load(layout)
         return layout.admin_kubeconfig
     _down(layout, keep_logs=False)
+    if os.geteuid() != 0:
+        raise node.NodeError("the node needs root (containerd, runc, its bridge and cgroups)")
     missing = node.missing_packages()
     if missing:
         raise node.NodeError(

@@ -36,6 +36,10 @@ POD_RANGE_START = 32  # .1-.31: the Service range (/27); pods from .32
 SERVICE_PORT = 443  # the kubernetes Service's port
 
 
+class NetworkError(RuntimeError):
+    """The bridge could not be made or removed; the message carries the ``ip`` error."""
+
+
 @dataclass(frozen=True)
 class Network:
     """One cluster's bridge and addresses (saved as network.json for ``down``)."""
@@ -100,7 +104,7 @@ def choose_subnet(state: Path, in_use: list[ipaddress.IPv4Network]) -> ipaddress
     for candidate in candidates[start:] + candidates[:start]:
         if not any(candidate.overlaps(used) for used in in_use):
             return candidate
-    raise RuntimeError(f"no free /24 left in {SUBNETS} for the node's bridge")
+    raise NetworkError(f"no free /24 left in {SUBNETS} for the node's bridge")
 
 
 @contextlib.contextmanager
@@ -115,7 +119,7 @@ def _host_lock(cache: Path) -> Iterator[None]:
 def _ip(*args: str) -> None:
     done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)} failed: {done.stderr.strip()}")
+        raise NetworkError(f"ip {' '.join(args)} failed: {done.stderr.strip()}")
 
 
 def create(state: Path, cache: Path) -> Network:

@@ -245,14 +245,14 @@ def ctr(node: NodeLayout, *args: str, stdin: Any = None, timeout: float = 600) -
         timeout=timeout,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"ctr {' '.join(args[:2])} failed: {done.stderr.strip()}")
+        raise NodeError(f"ctr {' '.join(args[:2])} failed: {done.stderr.strip()}")
     return done.stdout
 
 
 def containerd_ready(node: NodeLayout) -> bool:
     try:
         ctr(node, "version", timeout=5)
-    except (RuntimeError, subprocess.TimeoutExpired):
+    except (NodeError, subprocess.TimeoutExpired):
         return False
     return True
 
@@ -265,7 +265,7 @@ def import_image(node: NodeLayout, tool: images.Builder, ref: str, name: str) ->
     finally:
         _, errors = saving.communicate()
     if saving.returncode != 0:
-        raise RuntimeError(f"{tool.tool} save {ref} failed: {errors.decode()[-2000:]}")
+        raise NodeError(f"{tool.tool} save {ref} failed: {errors.decode()[-2000:]}")
     if name != ref:
         ctr(node, "images", "tag", "--force", ref, name)
 
@@ -456,6 +456,6 @@ def cleanup(layout: Layout) -> list[str]:
     if net is not None:
         try:
             network.delete(net)
-        except RuntimeError as error:
+        except network.NetworkError as error:
             problems.append(str(error))
     return problems
