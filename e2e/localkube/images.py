@@ -33,6 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from .settings import REPO_ROOT, Layout
 
@@ -172,7 +173,7 @@ def base_sources() -> list[str]:
     ]
 
 
-def mmdebstrap_argv() -> list[str]:
+def mmdebstrap_recipe() -> list[str]:
     """The mmdebstrap command that writes the base's root filesystem as a tar on stdout."""
     argv = ["mmdebstrap", "--variant=minbase", "--format=tar", "--quiet"]
     argv.append("--include=" + ",".join(BASE_PACKAGES))
@@ -180,15 +181,19 @@ def mmdebstrap_argv() -> list[str]:
     argv += [f"--customize-hook={hook}" for hook in BASE_HOOKS]
     if DEBIAN_KEYRING.is_file():  # a Debian suite from any host (e.g. an Ubuntu CI runner)
         argv.append(f"--keyring={DEBIAN_KEYRING}")
-    argv += [DEBIAN_SUITE, "-", *base_sources()]
-    if os.geteuid() != 0 and shutil.which("sudo"):
-        argv = ["sudo", *argv]  # root mode: unprivileged user namespaces may be disabled
-    return argv
+    return [*argv, DEBIAN_SUITE, "-", *base_sources()]
+
+
+def mmdebstrap_argv() -> list[str]:
+    """The recipe, through sudo when not root: mmdebstrap's root mode works everywhere, while
+    its unprivileged mode needs user namespaces that hosts may disable."""
+    recipe = mmdebstrap_recipe()
+    return ["sudo", *recipe] if os.geteuid() != 0 and shutil.which("sudo") else recipe
 
 
 def base_ref() -> str:
     """The base's tag: its suite plus a digest of the recipe (a changed recipe rebuilds it)."""
-    recipe = json.dumps([mmdebstrap_argv(), BASE_CHANGES]).replace("sudo", "")
+    recipe = json.dumps([mmdebstrap_recipe(), BASE_CHANGES])
     digest = hashlib.sha256(recipe.encode()).hexdigest()[:12]
     return f"localhost/metatide-python:3.11-{DEBIAN_SUITE}-{digest}"
 
@@ -294,15 +299,16 @@ def build_project_image(layout: Layout, ref: str | None = None) -> str:
     ref = ref or local_ref()
     base = python_image(tool)
     _say(f"building {ref} from the Dockerfile with {Path(tool.tool).name} (base {base})")
-    seconds = build_metatide(tool, ref, base, layout.cache / "image-build.log")
+    log = layout.cache / "logs" / f"image-{hashlib.sha256(ref.encode()).hexdigest()[:8]}.log"
+    seconds = build_metatide(tool, ref, base, log)
     size = tool.size(ref)
     _say(f"built {ref} in {seconds:.1f}s; size {size / 1e6:.0f} MB")
     return ref
 
 
-def save(tool: Builder, ref: str) -> subprocess.Popen[bytes]:
+def save(tool: Builder, ref: str, errors: IO[bytes]) -> subprocess.Popen[bytes]:
     """A running ``TOOL save`` of ``ref``: a docker-archive on its stdout, for containerd."""
     args = [tool.tool, "save", ref]
     if tool.is_podman:
         args[2:2] = ["--format", "docker-archive"]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors)

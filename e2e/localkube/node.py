@@ -32,6 +32,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,13 +260,18 @@ def containerd_ready(node: NodeLayout) -> bool:
 
 def import_image(node: NodeLayout, tool: images.Builder, ref: str, name: str) -> None:
     """Streams ``ref`` out of the builder into containerd, known there as ``name``."""
-    saving = images.save(tool, ref)
-    try:
-        ctr(node, "images", "import", "-", stdin=saving.stdout)
-    finally:
-        _, errors = saving.communicate()
+    with tempfile.TemporaryFile() as errors:
+        saving = images.save(tool, ref, errors)
+        try:
+            ctr(node, "images", "import", "-", stdin=saving.stdout)
+        finally:
+            if saving.stdout is not None:
+                saving.stdout.close()  # a failed import must not leave the saver blocked
+            saving.wait()
+        errors.seek(0)
+        problem = errors.read().decode(errors="replace")[-2000:]
     if saving.returncode != 0:
-        raise NodeError(f"{tool.tool} save {ref} failed: {errors.decode()[-2000:]}")
+        raise NodeError(f"{tool.tool} save {ref} failed: {problem}")
     if name != ref:
         ctr(node, "images", "tag", "--force", ref, name)
 
