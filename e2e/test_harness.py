@@ -1,6 +1,8 @@
-"""Self-tests of the local control plane: the behaviours the operator's e2e tests rely on.
+"""Self-tests of the local cluster: the behaviours the operator's e2e tests rely on.
 
-Each runs against the real API server and controllers; only the kubelet is the harness's own.
+Everything here is real: the API server and controllers, the scheduler, and a node whose kubelet
+runs each pod from the metatide image under containerd and runc. The pods use the image's shell
+(Debian's dash) and Python for their probes.
 """
 
 from __future__ import annotations
@@ -8,22 +10,44 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
-import sys
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from localkube import node
 from localkube.testkit import Cluster, wait_for
 
 JSON = dict[str, Any]
+IMAGE = "metatide:e2e"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-WRITE_MESSAGE = 'printf "%s" "$1" > "$METATIDE_TERMINATION_MESSAGE_PATH"'
+WRITE_MESSAGE = 'printf "%s" "$1" > /dev/termination-log'
+TMP_VOLUME = {"volumes": [{"name": "tmp", "emptyDir": {}}]}
+TMP_MOUNT = {"volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}
+
+
+def _container(name: str, script: str, **fields: Any) -> JSON:
+    """A container of the metatide image running ``sh -c script``."""
+    return {
+        "name": name,
+        "image": IMAGE,
+        "imagePullPolicy": "Never",
+        "command": ["sh", "-c", script],
+    } | fields
+
+
+def _pod(namespace: str, name: str, *containers: JSON, **spec: Any) -> JSON:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"restartPolicy": "Never", "containers": list(containers)} | spec,
+    }
 
 
 def _job(namespace: str, name: str, script: str, **spec: Any) -> JSON:
-    """An Indexed Job whose pods run ``sh -c script`` (no image: the test kubelet runs sh)."""
-    container = {"name": "work", "image": "busybox", "command": ["sh", "-c", script]}
-    template = {"spec": {"restartPolicy": "Never", "containers": [container]}}
+    """An Indexed Job whose pods run ``sh -c script`` in the metatide image."""
+    template = {"spec": {"restartPolicy": "Never", "containers": [_container("work", script)]}}
     body = {"completionMode": "Indexed", "template": template} | spec
     return {
         "apiVersion": "batch/v1",
@@ -59,7 +83,7 @@ def test_indexed_job_runs_every_index_with_its_own_completion_index(
         for pod in pods
     }
     assert seen == {str(i): str(i) for i in range(5)}, (
-        "each process must see its own JOB_COMPLETION_INDEX"
+        "each container must see its own JOB_COMPLETION_INDEX"
     )
 
 
@@ -99,27 +123,30 @@ def test_fail_index_rule_fails_an_index_at_once_and_others_use_their_retries(
 
 
 PROBE = r"""
-import base64, http.client, json, os, ssl
-config = json.load(open(os.environ["KUBECONFIG"]))
-cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
-ca = base64.b64decode(cluster["certificate-authority-data"]).decode()
-context = ssl.create_default_context(cadata=ca)
-host, port = cluster["server"].removeprefix("https://").split(":")
-namespace = os.environ["NAMESPACE"]
+import http.client, json, os, ssl
+account = "/var/run/secrets/kubernetes.io/serviceaccount"
+token = open(f"{account}/token").read()
+namespace = open(f"{account}/namespace").read()
+context = ssl.create_default_context(cafile=f"{account}/ca.crt")
+host, port = os.environ["KUBERNETES_SERVICE_HOST"], int(os.environ["KUBERNETES_SERVICE_PORT"])
 codes = []
 for resource in ("pods", "secrets"):
-    connection = http.client.HTTPSConnection(host, int(port), context=context)
+    connection = http.client.HTTPSConnection(host, port, context=context)
     connection.request("GET", f"/api/v1/namespaces/{namespace}/{resource}",
-                       headers={"Authorization": "Bearer " + user["token"]})
+                       headers={"Authorization": "Bearer " + token})
     response = connection.getresponse()
     body = json.loads(response.read())
     codes.append(f"{resource}={response.status}")
 print(body.get("message", ""))
-open(os.environ["METATIDE_TERMINATION_MESSAGE_PATH"], "w").write(" ".join(codes))
+open("/dev/termination-log", "w").write(" ".join(codes))
 """
 
 
-def test_service_account_without_permission_gets_403(cluster: Cluster, namespace: str) -> None:
+def test_service_account_token_reaches_the_api_server_and_rbac_applies(
+    cluster: Cluster, namespace: str
+) -> None:
+    """The projected token, the CA and the kubernetes Service's address, as in-cluster clients
+    (kopf, the Python client) use them."""
     rule = {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}
     cluster.apply(
         {
@@ -145,26 +172,13 @@ def test_service_account_without_permission_gets_403(cluster: Cluster, namespace
             "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
         },
     )
-    container = {
+    probe = {
         "name": "probe",
-        "image": "python",
-        "command": [sys.executable, "-c", PROBE],
-        "env": [
-            {"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
-        ],
+        "image": IMAGE,
+        "imagePullPolicy": "Never",
+        "command": ["python", "-c", PROBE],
     }
-    cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "probe", "namespace": namespace},
-            "spec": {
-                "serviceAccountName": "reader",
-                "restartPolicy": "Never",
-                "containers": [container],
-            },
-        }
-    )
+    cluster.apply(_pod(namespace, "probe", probe, serviceAccountName="reader"))
 
     pod = cluster.wait_for_pod(namespace, "probe", ("Succeeded", "Failed"))
 
@@ -189,23 +203,14 @@ def test_env_from_secret_configmap_and_downward_api_and_exit_status(
         {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "GREETING", "value": "hello $(POD)"},
     ]
-    container = {
-        "name": "main",
-        "image": "busybox",
-        "command": ["sh", "-c", script],
-        "env": env,
-        "envFrom": [{"prefix": "CM_", "configMapRef": {"name": "settings"}}],
-    }
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "envpod",
-            "namespace": namespace,
-            "annotations": {"metatide.dev/run": "r-1"},
-        },
-        "spec": {"restartPolicy": "Never", "containers": [container]},
-    }
+    container = _container(
+        "main",
+        script,
+        env=env,
+        envFrom=[{"prefix": "CM_", "configMapRef": {"name": "settings"}}],
+    )
+    pod = _pod(namespace, "envpod", container)
+    pod["metadata"]["annotations"] = {"metatide.dev/run": "r-1"}
     cluster.apply(
         {
             "apiVersion": "v1",
@@ -225,9 +230,10 @@ def test_env_from_secret_configmap_and_downward_api_and_exit_status(
         ) or {}
         return waiting.get("reason")
 
-    assert (
-        wait_for("the missing Secret to hold the container", waiting_reason)
-        == "CreateContainerConfigError"
+    wait_for(
+        "the missing Secret to hold the container in CreateContainerConfigError",
+        lambda: waiting_reason() == "CreateContainerConfigError",
+        timeout=90,
     )
     secret = {"password": base64.b64encode(b"s3cret").decode()}
     cluster.apply(
@@ -239,7 +245,7 @@ def test_env_from_secret_configmap_and_downward_api_and_exit_status(
         }
     )
 
-    done = cluster.wait_for_pod(namespace, "envpod", ("Succeeded", "Failed"))
+    done = cluster.wait_for_pod(namespace, "envpod", ("Succeeded", "Failed"), timeout=120)
 
     assert done["status"]["phase"] == "Failed"
     terminated = _terminated(done)
@@ -248,20 +254,12 @@ def test_env_from_secret_configmap_and_downward_api_and_exit_status(
 
 
 def test_logs_and_fallback_termination_message(cluster: Cluster, namespace: str) -> None:
-    container = {
-        "name": "noisy",
-        "image": "busybox",
-        "command": ["sh", "-c", "echo line-one; echo boom >&2; exit 3"],
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "noisy", "namespace": namespace},
-            "spec": {"restartPolicy": "Never", "containers": [container]},
-        }
+    container = _container(
+        "noisy",
+        "echo line-one; sleep 0.5; echo boom >&2; exit 3",  # two streams: order by time
+        terminationMessagePolicy="FallbackToLogsOnError",
     )
+    cluster.apply(_pod(namespace, "noisy", container))
 
     pod = cluster.wait_for_pod(namespace, "noisy", ("Failed",))
 
@@ -270,52 +268,73 @@ def test_logs_and_fallback_termination_message(cluster: Cluster, namespace: str)
     assert cluster.kubectl("logs", "-n", namespace, "noisy", "--tail=1") == "boom\n"
 
 
-def test_metatide_image_runs_the_virtualenv_console_script(
+def test_pods_run_from_the_image_as_its_user_on_a_read_only_root(
     cluster: Cluster, namespace: str
 ) -> None:
-    container = {"name": "cli", "image": "ghcr.io/example/metatide:dev", "args": ["--help"]}
-    cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "cli", "namespace": namespace},
-            "spec": {"restartPolicy": "Never", "containers": [container]},
-        }
+    """The image's USER, the securityContext the operator's Jobs use, and an emptyDir /tmp."""
+    script = (
+        "id -u; id -g; touch /probe 2>/dev/null && echo root-writable; "
+        "touch /tmp/probe && echo tmp-writable; "
+        "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\\t' ' '; "
+        "metatide --help > /dev/null && echo help-ok"
     )
-
-    pod = cluster.wait_for_pod(namespace, "cli", ("Succeeded", "Failed"), timeout=120)
-
-    assert pod["status"]["phase"] == "Succeeded", cluster.kubectl("logs", "-n", namespace, "cli")
-
-
-def test_deleting_a_pod_kills_its_process(cluster: Cluster, namespace: str) -> None:
-    container = {"name": "sleeper", "image": "busybox", "command": ["sh", "-c", "sleep 600"]}
-    cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "sleeper", "namespace": namespace},
-            "spec": {"containers": [container]},
-        }
+    container = _container(
+        "main",
+        script,
+        securityContext={
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        **TMP_MOUNT,
     )
+    security = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    cluster.apply(_pod(namespace, "shape", container, securityContext=security, **TMP_VOLUME))
+
+    pod = cluster.wait_for_pod(namespace, "shape", ("Succeeded", "Failed"), timeout=120)
+
+    logs = cluster.kubectl("logs", "-n", namespace, "shape").splitlines()
+    assert pod["status"]["phase"] == "Succeeded", logs
+    assert logs == [
+        "10001",
+        "10001",
+        "tmp-writable",
+        "CapEff: 0000000000000000",
+        "NoNewPrivs: 1",
+        "Seccomp: 2",
+        "help-ok",
+    ]
+
+
+def test_deleting_a_pod_stops_its_container(cluster: Cluster, namespace: str) -> None:
+    sleeper = _container("sleeper", "exec sleep 600")  # PID 1 ignores SIGTERM: SIGKILL after 1 s
+    cluster.apply(_pod(namespace, "sleeper", sleeper, terminationGracePeriodSeconds=1))
     pod = cluster.wait_for_pod(namespace, "sleeper", ("Running",))
-    pid = int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("localkube://"))
-    assert Path(f"/proc/{pid}").exists()
+    container = pod["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+    where = node.node_layout(cluster.layout)
+    assert container in node.ctr(where, "tasks", "ls", "--quiet").split()
 
     cluster.kubectl("delete", "pod", "-n", namespace, "sleeper", "--wait=true", "--timeout=60s")
 
     wait_for(
-        f"process {pid} to exit",
-        lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid),
-        timeout=10,
+        f"container {container[:12]} to stop",
+        lambda: container not in node.ctr(where, "tasks", "ls", "--quiet").split(),
+        timeout=30,
     )
 
 
-def _zombie(pid: int) -> bool:
+def test_shared_folder_reaches_the_host(cluster: Cluster) -> None:
+    namespace = cluster.create_namespace("shared", shared=True)
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+        name = f"from-pod-{uuid.uuid4().hex[:8]}"
+        cluster.apply(_pod(namespace, "writer", _container("writer", f"echo hi > /shared/{name}")))
+        pod = cluster.wait_for_pod(namespace, "writer", ("Succeeded", "Failed"))
+        assert pod["status"]["phase"] == "Succeeded", cluster.kubectl(
+            "logs", "-n", namespace, "writer"
+        )
+        assert (cluster.shared / name).read_text() == "hi\n"
+    finally:
+        cluster.delete_namespace(namespace)
 
 
 def test_component_that_cannot_start_fails_loudly_with_its_log(
@@ -330,7 +349,7 @@ def test_component_that_cannot_start_fails_loudly_with_its_log(
         capture_output=True,
         text=True,
         env=env,
-        timeout=300,
+        timeout=600,
     )
 
     assert done.returncode == 1
@@ -338,6 +357,7 @@ def test_component_that_cannot_start_fails_loudly_with_its_log(
     assert "unknown flag: --no-such-flag" in done.stderr
     leftovers = [p for p in Path("/proc").glob("[0-9]*/cmdline") if _mentions(p, str(tmp_path))]
     assert not leftovers, "up must stop what it started when a later component fails"
+    assert not (tmp_path / "state" / "network.json").exists(), "and remove the node's bridge"
 
 
 def _mentions(cmdline: Path, text: str) -> bool:
@@ -350,26 +370,18 @@ def _mentions(cmdline: Path, text: str) -> bool:
 def test_missing_command_is_a_start_error_and_on_failure_restarts(
     cluster: Cluster, namespace: str
 ) -> None:
-    retry = 'test -f "$HOME/ran" && exit 0; touch "$HOME/ran"; exit 1'
-    pods = {
-        "missing": ("Never", {"command": ["no-such-command-here"]}),
-        "retry": ("OnFailure", {"command": ["sh", "-c", retry]}),
-    }
-    for name, (policy, command) in pods.items():
-        container = {"name": "main", "image": "busybox"} | command
-        cluster.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": name, "namespace": namespace},
-                "spec": {"restartPolicy": policy, "containers": [container]},
-            }
-        )
+    missing = {"name": "main", "image": IMAGE, "imagePullPolicy": "Never"}
+    missing["command"] = ["no-such-command-here"]
+    retry = _container("main", "test -f /tmp/ran && exit 0; touch /tmp/ran; exit 1", **TMP_MOUNT)
+    cluster.apply(
+        _pod(namespace, "missing", missing),
+        _pod(namespace, "retry", retry, restartPolicy="OnFailure", **TMP_VOLUME),
+    )
 
-    missing = cluster.wait_for_pod(namespace, "missing", ("Failed", "Succeeded"))
-    retried = cluster.wait_for_pod(namespace, "retry", ("Failed", "Succeeded"))
+    failed = cluster.wait_for_pod(namespace, "missing", ("Failed", "Succeeded"))
+    retried = cluster.wait_for_pod(namespace, "retry", ("Failed", "Succeeded"), timeout=120)
 
-    terminated = _terminated(missing)
+    terminated = _terminated(failed)
     assert (terminated["exitCode"], terminated["reason"]) == (128, "StartError")
     assert "no-such-command-here" in terminated["message"]
     assert retried["status"]["phase"] == "Succeeded"

@@ -1,16 +1,19 @@
 """The operator end to end: Helm-installed, under its own ServiceAccount, on the real API server.
 
-The chart is installed with `helm install`; the test kubelet runs the operator pod and every
-phase Job pod as local processes (`metatide operator`, `metatide plan|columns|finalize`) with
-the pods' ServiceAccount tokens, so RBAC applies for real. The sources are the real PostgreSQL
-and MariaDB and the store the real MinIO that .ci/run starts; pods reach them on 127.0.0.1.
+The chart is installed with `helm install`; the node's kubelet runs the operator pod and every
+phase Job pod from the metatide image (built from the Dockerfile by `e2e/cluster up`) under
+containerd and runc, as the chart and the operator shape them: user 10001, read-only root, an
+emptyDir at /tmp, no capabilities, the projected ServiceAccount token (RBAC applies for real),
+env from the Secret and the run's ConfigMap, termination messages and exit codes read by the
+Job controller's podFailurePolicy. The sources are the real PostgreSQL and MariaDB and the store
+the real MinIO that .ci/run starts on the host's loopback; pods reach them at the node's address
+(``cluster.host``), where the harness relays those ports.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import socket
 import subprocess
 import time
 import urllib.request
@@ -50,13 +53,7 @@ PREFIX = "persistent-artifacts/apps/e2e/connection"
 GROUP_PATH = "/apis/metatide.dev/v1alpha1"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-METRICS_PORT = free_port()
+METRICS_PORT = 8080  # the chart's default: each pod has its own network namespace
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +64,6 @@ def operator(cluster: Cluster) -> Iterator[str]:
         "image.repository": "metatide",
         "image.tag": "e2e",
         "image.pullPolicy": "Never",
-        "metrics.port": str(METRICS_PORT),
-        "metrics.bindAddress": "127.0.0.1",
-        "operator.health.port": str(free_port()),
-        "operator.health.bindAddress": "127.0.0.1",
         "operator.logFormat": "console",
     }
     settings = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
@@ -118,10 +111,13 @@ class Source:
 
 @pytest.fixture(scope="module")
 def world(cluster: Cluster, operator: str) -> Iterator[JSON]:
-    """A namespace with the Secret and Job ServiceAccount, a database and a bucket."""
+    """A namespace with the Secret and Job ServiceAccount, a database and a bucket.
+
+    Its pods get the harness's shared folder at /shared (for faults injected once).
+    """
     require_postgres()
     require_s3()
-    namespace = cluster.create_namespace("ie")
+    namespace = cluster.create_namespace("ie", shared=True)
     database = f"metatide_e2e_{uuid.uuid4().hex[:8]}"
     dsn = create_database(database)
     source = Source(dsn)
@@ -136,7 +132,11 @@ def world(cluster: Cluster, operator: str) -> Iterator[JSON]:
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {"name": "creds", "namespace": namespace},
-            "stringData": {"dsn": dsn, "access": s3.access_key, "secret": s3.secret_key},
+            "stringData": {
+                "dsn": cluster.for_pods(dsn),
+                "access": s3.access_key,
+                "secret": s3.secret_key,
+            },
         },
         {
             "apiVersion": "v1",
@@ -145,14 +145,19 @@ def world(cluster: Cluster, operator: str) -> Iterator[JSON]:
             "automountServiceAccountToken": False,
         },
     )
-    yield {"namespace": namespace, "source": source, "bucket": bucket, "database": database}
+    yield {
+        "namespace": namespace,
+        "source": source,
+        "bucket": bucket,
+        "database": database,
+        "s3_endpoint": cluster.for_pods(s3.endpoint),
+    }
     cluster.delete_namespace(namespace)
     drop_database(database)
     delete_bucket(bucket)
 
 
 def resource(name: str, world: JSON, **spec: Any) -> JSON:
-    s3 = s3_settings()
     body: JSON = {
         "applicationName": "e2e",
         "connectionId": name,
@@ -166,7 +171,7 @@ def resource(name: str, world: JSON, **spec: Any) -> JSON:
         },
         "storage": {
             "url": f"s3://{world['bucket']}",
-            "endpoint": s3.endpoint,
+            "endpoint": world["s3_endpoint"],
             "secure": False,
             "accessKeyFrom": {
                 "env": "AWS_ACCESS_KEY_ID",
@@ -340,13 +345,16 @@ def test_a_triggered_run_extracts_exactly_the_changes(
 
 
 def test_a_retryable_batch_failure_is_retried_and_the_run_succeeds(
-    cluster: Cluster, world: JSON, first_run: JSON, tmp_path: Path
+    cluster: Cluster, world: JSON, first_run: JSON
 ) -> None:
     namespace = world["namespace"]
     before = status_of(cluster, namespace, "shop")["lastSuccessfulRun"]["id"]
     world["source"].sql("ALTER TABLE t2 ADD COLUMN r1 int; ALTER TABLE t4 ADD COLUMN r1 int;")
-    marker = tmp_path / "failed-once"
-    patch = {"spec": {"job": {"env": {"METATIDE_FAULT_INJECTION": f"columns:1:75:{marker}"}}}}
+    # Each attempt is a new pod: the marker lives in the folder every pod of the namespace shares.
+    name = f"failed-once-{uuid.uuid4().hex[:8]}"
+    marker = cluster.shared / name
+    fault = f"columns:1:75:/shared/{name}"
+    patch = {"spec": {"job": {"env": {"METATIDE_FAULT_INJECTION": fault}}}}
     cluster.kubectl("patch", "-n", namespace, "ie/shop", "--type=merge", "-p", json.dumps(patch))
     status = wait_status(
         cluster, namespace, "shop", "the run with a retried batch", succeeded_after(before)
@@ -535,8 +543,11 @@ def test_a_schedule_runs_respects_forbid_and_stops_when_suspended(
     assert after.get("nextScheduleTime") is None  # null is removed by the merge patch
 
 
-def test_metrics_count_the_runs(first_run: JSON, world: JSON) -> None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as page:
+def test_metrics_count_the_runs(cluster: Cluster, first_run: JSON, world: JSON) -> None:
+    pod = running_operator(cluster)
+    assert pod is not None
+    url = f"http://{pod['status']['podIP']}:{METRICS_PORT}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as page:
         text = page.read().decode()
     counted = [
         line
@@ -567,7 +578,10 @@ def mariadb(cluster: Cluster, world: JSON) -> Iterator[str]:
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {"name": "mariadb", "namespace": world["namespace"]},
-            "stringData": {"dsn": mysql_dsn(), "ca.crt": Path(mysql_ca()).read_text()},
+            "stringData": {
+                "dsn": cluster.for_pods(mysql_dsn()),
+                "ca.crt": Path(mysql_ca()).read_text(),
+            },
         }
     )
     yield schema
@@ -587,8 +601,10 @@ def test_a_resource_reads_mariadb_over_verified_tls(
             "env": "METATIDE_SOURCE_DSN",
             "secretKeyRef": {"name": "mariadb", "key": "dsn"},
         },
+        # verify-ca: the pods reach MariaDB at the node's relay address, which the test
+        # certificate (made for 127.0.0.1) does not name.
         "tls": {
-            "mode": "verify-identity",
+            "mode": "verify-ca",
             "caFrom": {
                 "env": "METATIDE_MYSQL_CA",
                 "secretKeyRef": {"name": "mariadb", "key": "ca.crt"},

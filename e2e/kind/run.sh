@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # End-to-end run on a kind cluster (hosts with a Docker engine; CI: .github/workflows/kind.yml).
-# Creates the kind cluster (reused if present), builds and loads the project image, installs
-# MinIO and PostgreSQL, installs charts/metatide, applies an example IncrementalExtraction and
-# waits until its first run succeeded (status.lastSuccessfulRun). Needs docker, kind, kubectl
-# and helm on PATH.
+# Creates the kind cluster (reused if present), builds the project image the way CI builds it
+# for the local node (`e2e/cluster image`: the Dockerfile on a Python base made from Debian's
+# packages with mmdebstrap, the host's CA bundle as a build secret) and loads it with
+# `kind load docker-image`, installs MinIO and PostgreSQL, installs charts/metatide, applies an
+# example IncrementalExtraction and waits until its first run succeeded
+# (status.lastSuccessfulRun). Needs docker, kind, kubectl, helm, python3 and mmdebstrap on PATH
+# (METATIDE_PYTHON_IMAGE=python:3.11-slim builds on the public base instead of mmdebstrap's).
 #   e2e/kind/run.sh            run (exit 0 only if the extraction succeeded)
 #   e2e/kind/run.sh diagnose   print what a failed run left behind
 #   e2e/kind/run.sh delete     delete the kind cluster
@@ -30,7 +33,9 @@ case "${1:-run}" in
   *) echo "usage: $0 [run|diagnose|delete]" >&2; exit 2 ;;
 esac
 
-for tool in docker kind kubectl helm; do
+tools=(docker kind kubectl helm python3)
+[ -n "${METATIDE_PYTHON_IMAGE:-}" ] || tools+=(mmdebstrap)
+for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null || { echo "$0 needs $tool on PATH" >&2; exit 2; }
 done
 docker info >/dev/null 2>&1 || { echo "$0 needs a running Docker engine ('docker info' failed)" >&2; exit 2; }
@@ -38,7 +43,7 @@ docker info >/dev/null 2>&1 || { echo "$0 needs a running Docker engine ('docker
 kind get clusters 2>/dev/null | grep -qx "$cluster" || kind create cluster --name "$cluster" --wait 180s
 kubectl config use-context "kind-$cluster"
 
-docker build -t "$image" .
+METATIDE_IMAGE_TOOL=docker e2e/cluster image --tag "$image"
 kind load docker-image "$image" --name "$cluster"
 
 kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f -

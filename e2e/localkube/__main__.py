@@ -1,4 +1,4 @@
-"""The ``e2e/cluster`` command: build, up, down, status, env, kubectl, helm, gomod.
+"""The ``e2e/cluster`` command: build, image, up, load, down, status, env, kubectl, helm, gomod.
 
 ``up`` prints only the admin kubeconfig path on stdout (progress goes to stderr), so scripts can
 write ``KUBECONFIG=$(e2e/cluster up)``. On failure it exits 1 with the failing component's log
@@ -13,15 +13,19 @@ import os
 import sys
 from collections.abc import Callable
 
-from . import build, controlplane
+from . import build, controlplane, images, network, node
 from .settings import KUBERNETES_VERSION, Layout, layout
 
 USAGE = """\
 usage: e2e/cluster COMMAND [ARGS...]
 
-  build                  build etcd, kube-apiserver, kube-controller-manager, kubectl, helm (cached)
+  build                  build etcd, kube-apiserver, kube-controller-manager, kubectl, kubelet,
+                         kube-scheduler, pause and helm (cached)
+  image [--tag REF]      build the metatide image from the Dockerfile (and its local base);
+                         prints its size. REF defaults to this checkout's local tag
   up [--component-arg COMPONENT=ARG ...]
                          start the cluster (or reuse a running one); prints the kubeconfig path
+  load                   rebuild the image and import it into the running node if it changed
   down                   stop everything 'up' started and remove its state (logs are kept)
   status                 JSON: which components run
   env                    shell lines that point KUBECONFIG and PATH at the cluster
@@ -30,7 +34,10 @@ usage: e2e/cluster COMMAND [ARGS...]
   gomod [VERSION]        regenerate e2e/kubebuild/go.mod for a Kubernetes release
 
 Environment: METATIDE_CACHE_DIR (default ~/.cache/metatide), METATIDE_E2E_DIR (cluster state,
-default $METATIDE_CACHE_DIR/cluster), METATIDE_E2E_IMAGE_MAP (extra image rules, JSON).
+default $METATIDE_CACHE_DIR/cluster), METATIDE_E2E_HOST_PORTS (host ports pods reach at the
+node's address, default 55432,59000,53306), METATIDE_IMAGE_TOOL (docker or podman),
+METATIDE_PYTHON_IMAGE (a pullable base instead of the local one), METATIDE_CA_BUNDLE (the CA
+bundle handed to image builds, default /etc/ssl/certs/ca-certificates.crt).
 """
 
 
@@ -62,16 +69,49 @@ def _up(where: Layout, rest: list[str]) -> int:
     options = parser.parse_args(rest)
     try:
         print(controlplane.up(where, _component_args(options.component_arg)))
-    except (controlplane.ComponentError, build.BuildError) as error:
+    except FAILURES as error:
         print(f"localkube: {error}", file=sys.stderr)
         return 1
     return 0
 
 
-def _kubelet(where: Layout, rest: list[str]) -> int:
-    from . import kubelet  # only the kubelet process needs it
+FAILURES = (
+    controlplane.ComponentError,
+    build.BuildError,
+    images.ImageError,
+    node.NodeError,
+    network.NetworkError,
+)
 
-    kubelet.main(rest)
+
+def _image(where: Layout, rest: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="e2e/cluster image")
+    parser.add_argument("--tag", help="the image's name (default: this checkout's local tag)")
+    options = parser.parse_args(rest)
+    try:
+        print(images.build_project_image(where, options.tag))
+    except images.ImageError as error:
+        print(f"localkube: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _load(where: Layout, rest: list[str]) -> int:
+    if controlplane.running(where) is None:
+        print("localkube: no running cluster here: run e2e/cluster up", file=sys.stderr)
+        return 1
+    try:
+        controlplane.load(where)
+    except FAILURES as error:
+        print(f"localkube: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _relay(where: Layout, rest: list[str]) -> int:
+    from . import relay  # only the relay process needs it
+
+    relay.main(rest)
     return 0
 
 
@@ -101,12 +141,14 @@ def _gomod(where: Layout, rest: list[str]) -> int:
 
 COMMANDS: dict[str, Callable[[Layout, list[str]], int]] = {
     "build": _simple(build.build_all),
+    "image": _image,
     "up": _up,
+    "load": _load,
     "down": _simple(controlplane.down),
     "status": _status,
     "env": _env,
     "gomod": _gomod,
-    "kubelet": _kubelet,
+    "relay": _relay,
 }
 
 

@@ -1,16 +1,21 @@
-"""Brings the local cluster up and down: etcd, kube-apiserver, kube-controller-manager, kubelet.
+"""Brings the local cluster up and down: the control plane, then one real node.
 
-``up`` starts each component on 127.0.0.1 (ports chosen free at start), waits until it is
-healthy before starting the next, and raises ComponentError with the tail of the component's
-log when one exits or does not become ready, after stopping what it had started. It is
-idempotent: a cluster that is already up and healthy is reused. ``down`` stops, in reverse order,
-exactly the processes recorded in the state directory's pid files (pod processes included) and
-removes everything but the logs.
+``up`` builds what is missing (binaries, images), starts etcd, kube-apiserver,
+kube-controller-manager and kube-scheduler on 127.0.0.1 (ports chosen free at start), then the
+node (``network``, ``relay``, ``node``: the bridge, the relay to the host's loopback, containerd
+with the images imported, the kubelet). It waits until each component is healthy before starting
+the next, and raises ComponentError with the tail of the component's log when one exits or does
+not become ready, after stopping what it had started. It is idempotent: a cluster that is
+already up and healthy is reused, and only gets this checkout's image again if it changed.
+``down`` stops, in reverse order, exactly the processes recorded in the state directory's pid
+files, kills what runs in the node's cgroup tree, undoes the node's mounts, bridge and cgroups,
+and removes everything but the logs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -25,12 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import build, pki, procs
+from . import build, images, network, node, pki, procs
 from .api import Api, ApiError
-from .settings import E2E_DIR, KUBERNETES_VERSION, NODE_NAME, REPO_ROOT, Layout
+from .network import Network
+from .settings import E2E_DIR, KUBERNETES_VERSION, NODE_NAME, REPO_ROOT, Layout, host_ports
 
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kubelet")
-SERVICE_CIDR = "10.96.0.0/16"  # allocation only: nothing routes to it here
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "relay",
+    "containerd",
+    "kubelet",
+)
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
@@ -49,6 +62,7 @@ class Ports:
     etcd_peer: int
     apiserver: int
     controller_manager: int
+    scheduler: int
     kubelet: int
 
 
@@ -91,7 +105,7 @@ def etcd_argv(layout: Layout, ports: Ports) -> list[str]:
     ]
 
 
-def apiserver_argv(layout: Layout, ports: Ports, certs: pki.Pki) -> list[str]:
+def apiserver_argv(layout: Layout, ports: Ports, certs: pki.Pki, net: Network) -> list[str]:
     return [
         str(layout.kube_bin / "kube-apiserver"),
         f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
@@ -113,7 +127,8 @@ def apiserver_argv(layout: Layout, ports: Ports, certs: pki.Pki) -> list[str]:
         f"--service-account-issuer={ISSUER}",
         f"--service-account-key-file={certs.service_account_pub}",
         f"--service-account-signing-key-file={certs.service_account_key}",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        # Its first address, the kubernetes Service's, is the node's gateway (see network).
+        f"--service-cluster-ip-range={net.service_cidr}",
         "--authorization-mode=Node,RBAC",
         "--enable-admission-plugins=NodeRestriction",
         f"--kubelet-client-certificate={certs.apiserver_kubelet_client.cert}",
@@ -129,7 +144,7 @@ def apiserver_argv(layout: Layout, ports: Ports, certs: pki.Pki) -> list[str]:
 
 
 def controller_manager_argv(
-    layout: Layout, ports: Ports, certs: pki.Pki, kubeconfig: Path
+    layout: Layout, ports: Ports, certs: pki.Pki, kubeconfig: Path, net: Network
 ) -> list[str]:
     return [
         str(layout.kube_bin / "kube-controller-manager"),
@@ -145,26 +160,34 @@ def controller_manager_argv(
         "--use-service-account-credentials=true",
         "--controllers=*",
         "--leader-elect=false",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--service-cluster-ip-range={net.service_cidr}",
         "--profiling=false",
         "--v=1",
     ]
 
 
-def kubelet_argv(layout: Layout, ports: Ports) -> list[str]:
+def scheduler_argv(layout: Layout, ports: Ports, kubeconfig: Path) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "localkube",
-        "kubelet",
-        f"--kubeconfig={layout.admin_kubeconfig}",
-        f"--port={ports.kubelet}",
-        f"--pki={layout.certs}",
-        f"--bin={layout.kube_bin}",
+        str(layout.node_bin / "kube-scheduler"),
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={ports.scheduler}",
+        "--leader-elect=false",
+        "--profiling=false",
+        "--v=1",
     ]
 
 
-def _kubelet_env() -> dict[str, str]:
+def relay_argv(ports: Ports, net: Network) -> list[str]:
+    """The relay: the kubernetes Service's address to the API server, and the host's ports."""
+    routes = [f"{net.gateway}:{network.SERVICE_PORT}=127.0.0.1:{ports.apiserver}"]
+    routes += [f"{net.gateway}:{port}=127.0.0.1:{port}" for port in host_ports()]
+    return [sys.executable, "-m", "localkube", "relay", *routes]
+
+
+def _python_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(E2E_DIR)
     env["PYTHONSAFEPATH"] = "1"
@@ -192,6 +215,14 @@ def _api_ready(api: Api) -> bool:
     try:
         return api.text("/readyz", timeout=3).strip() == "ok"
     except (ApiError, OSError):
+        return False
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
         return False
 
 
@@ -278,12 +309,25 @@ def up(layout: Layout, extra_args: dict[str, list[str]] | None = None) -> Path:
 def _up(layout: Layout, extra_args: dict[str, list[str]]) -> Path:
     if running(layout) is not None:
         _say(f"cluster already up (state {layout.state})")
+        load(layout)
         return layout.admin_kubeconfig
     _down(layout, keep_logs=False)
+    if os.geteuid() != 0:
+        raise node.NodeError("the node needs root (containerd, runc, its bridge and cgroups)")
+    missing = node.missing_packages()
+    if missing:
+        raise node.NodeError(
+            f"the node needs {', '.join(missing)}: apt-get install {' '.join(missing)}"
+        )
     build.build_all(layout)
+    tool = images.builder()
+    source = build.kubernetes_source(layout, layout.cache / "build.log")
+    built = _Images(
+        tool, images.build_pause(tool, layout, source), images.build_project_image(layout)
+    )
     started = time.monotonic()
     try:
-        _start_all(layout, extra_args)
+        _start_all(layout, extra_args, built)
     except BaseException:
         _down(layout, keep_logs=True)
         raise
@@ -291,20 +335,45 @@ def _up(layout: Layout, extra_args: dict[str, list[str]]) -> Path:
     return layout.admin_kubeconfig
 
 
-def _start_all(layout: Layout, extra: dict[str, list[str]]) -> None:
-    for directory in (layout.state, layout.logs, layout.pids, layout.pods):
+@dataclass(frozen=True)
+class _Images:
+    """The builder and the images it made for the node."""
+
+    tool: images.Builder
+    pause: str
+    metatide: str
+
+
+def load(layout: Layout) -> None:
+    """Rebuilds this checkout's image and imports it into the running node if it changed."""
+    record = json.loads(layout.cluster_file.read_text())
+    tool = images.builder()
+    image = images.build_project_image(layout)
+    image_id = tool.image_id(image)
+    if record.get("image_id") == image_id:
+        return
+    started = time.monotonic()
+    node.import_image(node.node_layout(layout), tool, image, images.E2E_IMAGE)
+    _say(f"imported {image} as {images.E2E_IMAGE} in {time.monotonic() - started:.1f}s")
+    record["image_id"] = image_id
+    layout.cluster_file.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _start_all(layout: Layout, extra: dict[str, list[str]], built: _Images) -> None:
+    for directory in (layout.state, layout.logs, layout.pids):
         directory.mkdir(parents=True, exist_ok=True)
     layout.state.chmod(0o700)
-    ports = Ports(*_free_ports(5))
-    certs = pki.make_pki(layout.certs)
+    ports = Ports(*_free_ports(len(dataclasses.fields(Ports))))
+    net = network.create(layout.state, layout.cache)
+    certs = pki.make_pki(layout.certs, NODE_NAME, net.gateway)
     server = f"https://127.0.0.1:{ports.apiserver}"
-    pki.write_private(
-        layout.admin_kubeconfig, pki.kubeconfig(server, certs.ca.cert, pki.cert_user(certs.admin))
-    )
-    kcm_config = pki.write_private(
-        layout.state / "controller-manager.kubeconfig",
-        pki.kubeconfig(server, certs.ca.cert, pki.cert_user(certs.controller_manager)),
-    )
+
+    def kubeconfig(name: str, pair: pki.Pair) -> Path:
+        return pki.write_private(
+            layout.state / name, pki.kubeconfig(server, certs.ca.cert, pki.cert_user(pair))
+        )
+
+    kubeconfig(layout.admin_kubeconfig.name, certs.admin)
     api = Api.from_kubeconfig(layout.admin_kubeconfig)
     starter = _Starter(layout)
 
@@ -313,24 +382,26 @@ def _start_all(layout: Layout, extra: dict[str, list[str]]) -> None:
     _wait("etcd", owned, log, lambda: _http_ok(f"http://127.0.0.1:{ports.etcd_client}/health"), 30)
 
     _say("starting kube-apiserver")
-    owned, log = starter.start(
-        "kube-apiserver", apiserver_argv(layout, ports, certs) + _extra(extra, "kube-apiserver")
-    )
+    argv = apiserver_argv(layout, ports, certs, net) + _extra(extra, "kube-apiserver")
+    owned, log = starter.start("kube-apiserver", argv)
     _wait("kube-apiserver", owned, log, lambda: _api_ready(api), 120)
 
     _say("starting kube-controller-manager")
-    argv = controller_manager_argv(layout, ports, certs, kcm_config) + _extra(
+    kcm_config = kubeconfig("controller-manager.kubeconfig", certs.controller_manager)
+    argv = controller_manager_argv(layout, ports, certs, kcm_config, net) + _extra(
         extra, "kube-controller-manager"
     )
     kcm, kcm_log = starter.start("kube-controller-manager", argv)
     healthz = f"https://127.0.0.1:{ports.controller_manager}/healthz"
     _wait("kube-controller-manager", kcm, kcm_log, lambda: _http_ok(healthz, _insecure()), 60)
 
-    _say("starting the test kubelet")
-    owned, log = starter.start(
-        "kubelet", kubelet_argv(layout, ports) + _extra(extra, "kubelet"), _kubelet_env()
-    )
-    _wait("kubelet", owned, log, lambda: _node_ready(api), 30)
+    _say("starting kube-scheduler")
+    argv = scheduler_argv(layout, ports, kubeconfig("scheduler.kubeconfig", certs.scheduler))
+    owned, log = starter.start("kube-scheduler", argv + _extra(extra, "kube-scheduler"))
+    healthz = f"https://127.0.0.1:{ports.scheduler}/healthz"
+    _wait("kube-scheduler", owned, log, lambda: _http_ok(healthz, _insecure()), 60)
+
+    _start_node(layout, extra, starter, built, _NodeInputs(ports, net, certs, api))
     _wait("kube-controller-manager", kcm, kcm_log, lambda: _default_service_account(api), 60)
 
     record = {
@@ -339,41 +410,104 @@ def _start_all(layout: Layout, extra: dict[str, list[str]]) -> None:
         "server": server,
         "ports": ports.__dict__,
         "node": NODE_NAME,
+        "host": net.gateway,
+        "network": {"bridge": net.bridge, "subnet": net.subnet, "services": net.service_cidr},
+        "shared": str(node.node_layout(layout).shared),
         "kubernetes": KUBERNETES_VERSION,
         "bin": str(layout.kube_bin),
         "helm": str(layout.helm),
+        "image_id": built.tool.image_id(built.metatide),
     }
     layout.cluster_file.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def _pod_processes(layout: Layout) -> list[procs.Owned]:
-    found = []
-    for path in layout.pods.glob("*/pids/*.json"):
-        owned = procs.Owned.load(path)
-        if owned is not None:
-            found.append(owned)
-    return found
+@dataclass(frozen=True)
+class _NodeInputs:
+    ports: Ports
+    net: Network
+    certs: pki.Pki
+    api: Api
+
+
+def _start_node(
+    layout: Layout,
+    extra: dict[str, list[str]],
+    starter: _Starter,
+    built: _Images,
+    given: _NodeInputs,
+) -> None:
+    """The relay, containerd with the images, the shared folder policy, then the kubelet."""
+    ports, net, certs, api = given.ports, given.net, given.certs, given.api
+    where = node.node_layout(layout)
+    _say("starting the relay to the host's loopback")
+    owned, log = starter.start("relay", relay_argv(ports, net), _python_env())
+    _wait("relay", owned, log, lambda: _reachable(net.gateway, network.SERVICE_PORT), 30)
+
+    _say("starting containerd")
+    where.containerd.mkdir(parents=True, exist_ok=True)
+    where.cni_conf_dir.mkdir(parents=True, exist_ok=True)
+    where.containerd_config.write_text(node.containerd_config(where, built.pause))
+    name = f"metatide-{network.cluster_id(layout.state)}"
+    conflist = network.cni_config(net, name, where.ipam_dir)
+    (where.cni_conf_dir / "10-metatide.conflist").write_text(json.dumps(conflist, indent=2))
+    argv = node.containerd_argv(where) + _extra(extra, "containerd")
+    owned, log = starter.start("containerd", argv)
+    _wait("containerd", owned, log, lambda: node.containerd_ready(where), 30)
+    for ref, name in ((built.pause, built.pause), (built.metatide, images.E2E_IMAGE)):
+        started = time.monotonic()
+        node.import_image(where, built.tool, ref, name)
+        _say(f"imported {ref} as {name} in {time.monotonic() - started:.1f}s")
+
+    where.shared.mkdir(parents=True, exist_ok=True)
+    where.shared.chmod(0o1777)  # pods run as any user
+    policy, binding = node.shared_folder_policy(where.shared)
+    group = "/apis/admissionregistration.k8s.io/v1"
+    api.create(f"{group}/mutatingadmissionpolicies", policy)
+    api.create(f"{group}/mutatingadmissionpolicybindings", binding)
+
+    _say("starting the kubelet")
+    cgroup_root = node.cgroup_root(layout)
+    node.create_cgroup_root(cgroup_root)
+    settings = node.KubeletSettings(
+        port=ports.kubelet,
+        ca=certs.ca.cert,
+        serving=(certs.kubelet.cert, certs.kubelet.key),
+        cgroup_root=cgroup_root,
+    )
+    config = node.kubelet_config(where, net, settings)
+    where.kubelet_config.write_text(json.dumps(config, indent=2))
+    server = f"https://127.0.0.1:{ports.apiserver}"
+    kubelet_kubeconfig = pki.write_private(
+        layout.state / "kubelet.kubeconfig",
+        pki.kubeconfig(server, certs.ca.cert, pki.cert_user(certs.node)),
+    )
+    argv = node.kubelet_argv(layout.node_bin / "kubelet", where, net, kubelet_kubeconfig)
+    owned, log = starter.start("kubelet", argv + _extra(extra, "kubelet"))
+    _wait("kubelet", owned, log, lambda: _node_ready(api), 60)
 
 
 def down(layout: Layout, keep_logs: bool = True) -> None:
-    """Stops the processes this state directory records (pods too) and removes the state."""
+    """Stops what this state directory records, kills the node's pods, removes the state."""
     with _locked(layout):
         _down(layout, keep_logs)
+
+
+def _stop(layout: Layout, name: str) -> None:
+    owned = procs.Owned.load(layout.pids / f"{name}.json")
+    if owned is not None and owned.alive():
+        _say(f"stopping {name} (pid {owned.pid})")
+        procs.stop(owned, grace=10.0)
 
 
 def _down(layout: Layout, keep_logs: bool) -> None:
     if not layout.state.exists():
         return
     for name in reversed(COMPONENTS):
-        owned = procs.Owned.load(layout.pids / f"{name}.json")
-        if owned is not None and owned.alive():
-            _say(f"stopping {name} (pid {owned.pid})")
-            procs.stop(owned, grace=10.0)
+        _stop(layout, name)
         if name == "kubelet":
-            for pod_process in _pod_processes(layout):
-                if pod_process.alive():
-                    _say(f"stopping pod process {pod_process.name} (pid {pod_process.pid})")
-                    procs.stop(pod_process, grace=2.0)
+            node.kill_pods(layout)
+    for problem in node.cleanup(layout):
+        _say(f"could not remove {problem}")
     for child in layout.state.iterdir():
         if keep_logs and child == layout.logs:
             continue

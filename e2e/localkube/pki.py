@@ -35,8 +35,12 @@ class Pki:
     apiserver: Pair
     admin: Pair
     controller_manager: Pair
+    scheduler: Pair
     apiserver_kubelet_client: Pair
     kubelet: Pair
+    """The kubelet's serving certificate (its HTTPS API: logs, exec), for the node's address."""
+    node: Pair
+    """The kubelet's client certificate: the Node authorizer knows it as system:node:NAME."""
     front_proxy_ca: Pair
     front_proxy_client: Pair
     service_account_key: Path
@@ -86,8 +90,12 @@ def _leaf(
     return pair
 
 
-def make_pki(directory: Path) -> Pki:
-    """Creates a fresh CA and every certificate and key below ``directory``."""
+def make_pki(directory: Path, node_name: str, node_ip: str) -> Pki:
+    """Creates a fresh CA and every certificate and key below ``directory``.
+
+    ``node_ip`` is the node's address: the kubelet serves there, and pods reach the API server
+    there too (it is the ``kubernetes`` Service's cluster IP, see ``node``).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     ca = _ca(directory, "ca")
@@ -98,7 +106,7 @@ def make_pki(directory: Path) -> Pki:
         "kubernetes.default.svc",
         "kubernetes.default.svc.cluster.local",
     )
-    apiserver_sans = "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost," + ",".join(
+    apiserver_sans = f"IP:127.0.0.1,IP:{node_ip},DNS:localhost," + ",".join(
         f"DNS:{name}" for name in names
     )
     sa_key = directory / "sa.key"
@@ -119,10 +127,12 @@ def make_pki(directory: Path) -> Pki:
         apiserver=server("apiserver", "/CN=kube-apiserver", apiserver_sans),
         admin=client("admin", "/O=system:masters/CN=metatide-e2e-admin"),
         controller_manager=client("controller-manager", "/CN=system:kube-controller-manager"),
+        scheduler=client("scheduler", "/CN=system:kube-scheduler"),
         apiserver_kubelet_client=client(
             "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client"
         ),
-        kubelet=server("kubelet", "/CN=metatide-e2e-kubelet", "IP:127.0.0.1"),
+        kubelet=server("kubelet", f"/CN={node_name}", f"IP:{node_ip},DNS:{node_name}"),
+        node=client("node", f"/O=system:nodes/CN=system:node:{node_name}"),
         front_proxy_ca=front_proxy_ca,
         front_proxy_client=_leaf(
             directory,

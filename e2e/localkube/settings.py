@@ -21,11 +21,18 @@ HELM_VERSION = "v3.22.0"
 """helm.sh/helm/v3 release, built with ``go install`` (its go.mod has no replace directives)."""
 
 NODE_NAME = "metatide-e2e"
-"""The one Node that the test kubelet registers and binds every pod to."""
+"""The one Node of the cluster (the kubelet's --hostname-override)."""
+
+HOST_PORTS_ENV = "METATIDE_E2E_HOST_PORTS"
+DEFAULT_HOST_PORTS = "55432,59000,53306"
+"""The host's loopback ports that pods reach at the node's gateway address: PostgreSQL, MinIO
+and MariaDB as .ci/services starts them (METATIDE_PG_PORT, METATIDE_S3_PORT,
+METATIDE_MYSQL_PORT)."""
 
 E2E_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = E2E_DIR.parent
 KUBEBUILD_DIR = E2E_DIR / "kubebuild"
+NODE_KUBEBUILD_DIR = KUBEBUILD_DIR / "node"
 _IMAGE_GO = "/usr/local/go/bin/go"
 GO = os.environ.get("GO") or (
     _IMAGE_GO if os.path.exists(_IMAGE_GO) else shutil.which("go") or "go"
@@ -52,6 +59,11 @@ class Layout:
     def kube_bin(self) -> Path:
         """etcd, kube-apiserver, kube-controller-manager and kubectl of the pinned release."""
         return self.cache / "bin" / f"kubernetes-{KUBERNETES_VERSION}"
+
+    @property
+    def node_bin(self) -> Path:
+        """kubelet, kube-scheduler and the pause binary of the same release."""
+        return self.cache / "bin" / f"kubernetes-node-{KUBERNETES_VERSION}"
 
     @property
     def helm_bin(self) -> Path:
@@ -93,6 +105,12 @@ class Layout:
     @property
     def admin_kubeconfig(self) -> Path:
         return self.state / "admin.kubeconfig"
+
+
+def host_ports() -> list[int]:
+    """Ports relayed from the gateway to 127.0.0.1: ``$METATIDE_E2E_HOST_PORTS`` (a, b, ...)."""
+    text = os.environ.get(HOST_PORTS_ENV) or DEFAULT_HOST_PORTS
+    return [int(port) for port in text.replace(" ", "").split(",") if port]
 
 
 def layout() -> Layout:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .api import Api, ApiError
+from .node import SHARED_LABEL
 from .settings import Layout
 
 JSON = dict[str, Any]
@@ -36,15 +37,31 @@ class Cluster:
     kubectl_bin: Path
     helm_bin: Path
     api: Api
+    host: str
+    """The host as pods see it (the node's gateway): the host's relayed loopback ports are
+    reachable there, e.g. ``f"{cluster.host}:55432"`` for PostgreSQL."""
+    shared: Path
+    """The host folder mounted at /shared in pods of namespaces made with ``shared=True``."""
+    layout: Layout
 
     @classmethod
     def connect(cls, layout: Layout) -> Cluster:
+        record = json.loads(layout.cluster_file.read_text())
         return cls(
             layout.admin_kubeconfig,
             layout.kubectl,
             layout.helm,
             Api.from_kubeconfig(layout.admin_kubeconfig),
+            record["host"],
+            Path(record["shared"]),
+            layout,
         )
+
+    def for_pods(self, address: str) -> str:
+        """``127.0.0.1:PORT`` (or ``localhost:PORT``) as a pod reaches it: ``HOST:PORT``."""
+        for loopback in ("127.0.0.1", "localhost"):
+            address = address.replace(loopback, self.host)
+        return address
 
     @property
     def env(self) -> dict[str, str]:
@@ -93,12 +110,16 @@ class Cluster:
         items: list[JSON] = self.api.get(f"/api/v1/namespaces/{namespace}/pods", **query)["items"]
         return items
 
-    def create_namespace(self, prefix: str = "e2e") -> str:
-        """A fresh namespace whose default ServiceAccount exists (so pods are admitted)."""
+    def create_namespace(self, prefix: str = "e2e", *, shared: bool = False) -> str:
+        """A fresh namespace whose default ServiceAccount exists (so pods are admitted).
+
+        With ``shared``, its pods get the host folder ``self.shared`` at /shared.
+        """
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        labels = {SHARED_LABEL: "true"} if shared else {}
         self.api.create(
             "/api/v1/namespaces",
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}},
         )
         wait_for(
             f"ServiceAccount default in {name}",
