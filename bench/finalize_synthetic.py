@@ -310,7 +310,10 @@ async def _cached_state_ok(spec: ExtractionSpec, store_dir: Path, params: Params
         committed = await read_committed(LocalStore(connection_root(spec, store_dir)))
     except Exception:  # noqa: BLE001 - any doubt means: rebuild
         return False
-    return committed is not None and committed.manifest.rows("table") == params.tables
+    return (
+        committed is not None
+        and (committed.manifest.logical_rows or {}).get("table") == params.tables
+    )
 
 
 def ensure_cache(params: Params, catalog: Catalog, rebuild: bool) -> tuple[Path, dict[str, Any]]:

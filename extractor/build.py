@@ -52,6 +52,8 @@ from metatide.extractor.state import (
 from metatide.extractor.storage import Store
 
 Layer = Literal["base", "delta"]
+_TABLE_NAMES = ", ".join(TABLE_SCHEMA.names)
+_COLUMN_NAMES = ", ".join(COLUMN_SCHEMA.names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,22 +262,22 @@ def _compute(
     header: ChangeHeader,
 ) -> tuple[NewFiles, dict[Entity, EntityDiff], ColumnCounts, pa.Table]:
     files = new_files(connection)
-    connection.execute(
-        f"CREATE OR REPLACE TEMP VIEW diff_new_tables AS SELECT {', '.join(TABLE_SCHEMA.names)} "
-        "FROM planned WHERE needs_columns"
-    )
-    connection.execute(
-        f"CREATE OR REPLACE TEMP VIEW diff_old_tables AS SELECT {', '.join(TABLE_SCHEMA.names)} "
-        f"FROM old_tables SEMI JOIN changed USING ({TABLE_KEYS})"
-    )
-    connection.execute(
-        f"CREATE OR REPLACE TEMP VIEW diff_new_columns AS SELECT {', '.join(COLUMN_SCHEMA.names)} "
-        "FROM fresh_columns"
-    )
-    connection.execute(
-        "CREATE OR REPLACE TEMP VIEW diff_old_columns AS SELECT "
-        f"{', '.join(COLUMN_SCHEMA.names)} FROM old_columns SEMI JOIN changed USING ({TABLE_KEYS})"
-    )
+    # The rows the diff and the change records compare: the changed tables' previous and new
+    # rows. Materialized once, so the touched buckets' files are scanned once, not by every
+    # statement that reads them.
+    for name, sql in (
+        ("diff_new_tables", f"SELECT {_TABLE_NAMES} FROM planned WHERE needs_columns"),
+        (
+            "diff_old_tables",
+            f"SELECT {_TABLE_NAMES} FROM old_tables SEMI JOIN changed USING ({TABLE_KEYS})",
+        ),
+        ("diff_new_columns", f"SELECT {_COLUMN_NAMES} FROM fresh_columns"),
+        (
+            "diff_old_columns",
+            f"SELECT {_COLUMN_NAMES} FROM old_columns SEMI JOIN changed USING ({TABLE_KEYS})",
+        ),
+    ):
+        connection.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
     counts = ColumnCounts(
         fresh=_count(connection, "diff_new_columns"),
         replaced=_count(connection, "diff_old_columns"),

@@ -110,8 +110,15 @@ def change_records(
 ) -> pa.Table:
     """The change records between two states (CHANGE_SCHEMA), ordered by entity and key."""
     _register(connection, pair, reasons)
-    parts = [_rows(connection, sql, header) for sql in _statements(stable_column_ids)]
-    return pa.concat_tables(parts) if parts else CHANGE_SCHEMA.empty_table()
+    statements = _statements(stable_column_ids)
+    for setup in (sql for sql in statements if sql.lstrip().startswith("CREATE")):
+        connection.execute(setup)
+    selects = [sql for sql in statements if not sql.lstrip().startswith("CREATE")]
+    # One query (one round trip, one sort): each part keeps its place in the output order.
+    union = " UNION ALL BY NAME ".join(
+        f"(SELECT {rank} AS _part, * FROM ({sql}))" for rank, sql in enumerate(selects)
+    )
+    return _rows(connection, f"SELECT * FROM ({union}) ORDER BY ALL", header)
 
 
 def _register(connection: duckdb.DuckDBPyConnection, pair: StatePair, reasons: Reasons) -> None:
@@ -386,7 +393,7 @@ def _column_statements(stable_column_ids: bool) -> list[str]:
 
 
 def _statements(stable_column_ids: bool) -> list[str]:
-    """The statements to run, in output order; CREATE statements set up views and return no rows."""
+    """The statements, in output order; CREATE statements set up tables the others read."""
     return [
         *_simple_statements("database"),
         *_simple_statements("schema"),
@@ -398,11 +405,7 @@ def _statements(stable_column_ids: bool) -> list[str]:
 
 
 def _rows(connection: duckdb.DuckDBPyConnection, sql: str, header: ChangeHeader) -> pa.Table:
-    if sql.lstrip().startswith("CREATE"):
-        connection.execute(sql)
-        return CHANGE_SCHEMA.empty_table()
-    ordered = f"SELECT * FROM ({sql}) ORDER BY ALL"
-    rows = connection.sql(ordered).to_arrow_table()
+    rows = connection.sql(sql).to_arrow_table()
     count = rows.num_rows
     columns = {
         "format_version": pa.array([CHANGE_FORMAT_VERSION] * count, pa.int16()),

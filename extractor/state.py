@@ -92,15 +92,16 @@ def state_key(entity: Entity, run_id: RunId, bucket: int | None = None, layer: s
 def encode_parquet(table: pa.Table, small: bool = False) -> bytes:
     """Parquet bytes (zstd); deterministic for equal input, so equal content hashes equal.
 
-    `small` files (deltas) are written without dictionaries and at zstd level 19: for a few
-    thousand rows that is about 20 % fewer bytes, and a delta is rewritten every run.
+    `small` files (deltas) are written without dictionaries and at zstd level 9: for a few
+    thousand rows that is about 20 % fewer bytes, and a delta is rewritten every run. (Level
+    19 saves another 0.6 % and costs 40 times the time: 26 ms instead of 0.7 ms a file.)
     """
     buffer = io.BytesIO()
     pq.write_table(
         table,
         buffer,
         compression="zstd",
-        compression_level=19 if small else None,
+        compression_level=9 if small else None,
         use_dictionary=not small,
         store_schema=False,
         write_statistics=False,
