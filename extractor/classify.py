@@ -54,7 +54,7 @@ END
 
 _CLASSIFY = f"""
 WITH reasoned AS (
-  SELECT c.*, {_REASON} AS reason
+  SELECT c.*, {_REASON} AS reason, p.bucket AS previous_bucket
   FROM current_tables AS c
   LEFT JOIN previous_tables AS p USING (database_name, schema_name, table_name)
 )
@@ -68,10 +68,21 @@ FROM reasoned
 """
 
 _DELETED = """
-SELECT database_name, schema_name, table_name FROM previous_tables
+SELECT database_name, schema_name, table_name, bucket FROM previous_tables
 ANTI JOIN current_tables USING (database_name, schema_name, table_name)
 ORDER BY ALL
 """
+
+
+def _with_bucket(previous: pa.Table) -> pa.Table:
+    """Previous rows in TABLE_SCHEMA plus their bucket (null where unknown)."""
+    rows = previous.select(TABLE_SCHEMA.names).cast(TABLE_SCHEMA)
+    buckets = (
+        previous.column("bucket")
+        if "bucket" in previous.column_names
+        else pa.nulls(previous.num_rows, pa.int32())
+    )
+    return rows.append_column(pa.field("bucket", pa.int32()), buckets.cast(pa.int32()))
 
 
 def classify_tables(
@@ -80,9 +91,10 @@ def classify_tables(
     previous: pa.Table,
     marker: datetime,
 ) -> pa.Table:
-    """The current listing with `state` and `reason` columns, in the listing's key order."""
+    """The current listing with `state`, `reason` and `previous_bucket` (the bucket the state
+    keeps the table in, if any) columns, in the listing's key order."""
     connection.register("current_tables", current.cast(TABLE_SCHEMA))
-    connection.register("previous_tables", previous.cast(TABLE_SCHEMA))
+    connection.register("previous_tables", _with_bucket(previous))
     try:
         result = connection.sql(
             _CLASSIFY + " ORDER BY database_name, schema_name, table_name",
@@ -97,9 +109,12 @@ def classify_tables(
 def deleted_tables(
     connection: duckdb.DuckDBPyConnection, current: pa.Table, previous: pa.Table, scope: Scope
 ) -> pa.Table:
-    """Keys in the previous state but not in the listing, each with its reason."""
+    """Keys in the previous state but not in the listing, each with its reason (and the bucket
+    the state keeps it in, if known)."""
     connection.register("current_tables", current.select(list(TABLE_KEY_COLUMNS)))
-    connection.register("previous_tables", previous.select(list(TABLE_KEY_COLUMNS)))
+    connection.register(
+        "previous_tables", _with_bucket(previous).select([*TABLE_KEY_COLUMNS, "bucket"])
+    )
     try:
         gone = connection.execute(_DELETED).fetchall()
     finally:
@@ -111,9 +126,9 @@ def deleted_tables(
             "schema_name": schema,
             "table_name": table,
             "reason": "dropped" if scope.table(database, schema, table) else "out_of_scope",
-            "bucket": None,
+            "bucket": bucket,
         }
-        for database, schema, table in gone
+        for database, schema, table, bucket in gone
     ]
     return pa.Table.from_pylist(rows, schema=DELETED_TABLE_SCHEMA)
 

@@ -115,10 +115,14 @@ def create_logical_views(connection: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def logical_rows(connection: duckdb.DuckDBPyConnection, entity: Entity) -> pa.Table:
-    """The previous state's rows of tables or columns, without buckets, in schema order."""
+def logical_rows(
+    connection: duckdb.DuckDBPyConnection, entity: Entity, *, with_bucket: bool = False
+) -> pa.Table:
+    """The previous state's rows of tables or columns in schema order (and their buckets)."""
     view = "old_tables" if entity == "table" else "old_columns"
     schema = TABLE_SCHEMA if entity == "table" else COLUMN_SCHEMA
+    if with_bucket:
+        schema = schema.append(pa.field("bucket", pa.int32()))
     rows = connection.sql(f"SELECT {', '.join(schema.names)} FROM {view}").to_arrow_table()
     return conform(rows, schema)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from metatide.extractor.errors import StateCorruptError
@@ -60,15 +61,26 @@ def bucket_of(database: str, schema: str, table: str, count: int) -> int:
     return int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big") % count
 
 
-def assign_buckets(tables: pa.Table, count: int) -> pa.Array:
-    """The bucket of every row of a table listing, as an int32 array."""
+def assign_buckets(tables: pa.Table, count: int, known: pa.Array | None = None) -> pa.Array:
+    """The bucket of every row of a table listing, as an int32 array.
+
+    `known` holds each row's bucket where one is known already (the previous state's, at
+    the same bucket count) and null elsewhere: only the others are hashed, one by one in
+    Python, which at a million tables is the difference between a second and nothing.
+    """
+    if known is None:
+        known = pa.nulls(tables.num_rows, pa.int32())
+    missing = pc.indices_nonzero(known.is_null())
+    buckets = pc.fill_null(known.cast(pa.int32()), 0).to_numpy(zero_copy_only=False).copy()
+    subset = tables.take(missing)
     names = zip(
-        tables.column("database_name").to_pylist(),
-        tables.column("schema_name").to_pylist(),
-        tables.column("table_name").to_pylist(),
+        subset.column("database_name").to_pylist(),
+        subset.column("schema_name").to_pylist(),
+        subset.column("table_name").to_pylist(),
         strict=True,
     )
-    return pa.array([bucket_of(d, s, t, count) for d, s, t in names], type=pa.int32())
+    buckets[missing.to_numpy()] = [bucket_of(d, s, t, count) for d, s, t in names]
+    return pa.array(buckets, type=pa.int32())
 
 
 def choose_bucket_count(tables: int, per_bucket: int, previous: int | None) -> int:

@@ -214,7 +214,7 @@ async def _load_previous(
         connection = duck.connect(spec.duckdb)
         try:
             load_previous(connection, fetched.files)
-            return logical_rows(connection, "table")
+            return logical_rows(connection, "table", with_bucket=True)
         finally:
             connection.close()
 
@@ -272,18 +272,22 @@ async def _classify_and_write(
         spec.state.tables_per_bucket,
         manifest.bucket_count if manifest else None,
     )
-    planned = _with_buckets(classified, bucket_count, full)
+    same_buckets = manifest is not None and manifest.bucket_count == bucket_count
+    planned = _with_buckets(classified, bucket_count, full, same_buckets)
+    known = deleted.column("bucket") if same_buckets else None
     deleted = deleted.set_column(
-        deleted.schema.get_field_index("bucket"), "bucket", assign_buckets(deleted, bucket_count)
+        deleted.schema.get_field_index("bucket"),
+        "bucket",
+        assign_buckets(deleted, bucket_count, known),
     )
     batch_count = await _write_batches(store, run_id, planned, spec.columns.batch_size)
     await write_table(store, plan_key(run_id, "database.parquet"), listing.databases)
     await write_table(store, plan_key(run_id, "schema.parquet"), listing.schemas)
     await write_table(store, plan_key(run_id, "table.parquet"), planned)
     await write_table(store, plan_key(run_id, "deleted.parquet"), deleted)
-    states = planned.column("state").to_pylist()
-    why = planned.column("reason").to_pylist()
-    reasons = deleted.column("reason").to_pylist()
+    states = _counts(planned.column("state"))
+    why = _counts(planned.column("reason"))
+    reasons = _counts(deleted.column("reason"))
     return PlanDocument(
         run_id=run_id,
         parent_run_id=manifest.run_id if manifest else None,
@@ -295,9 +299,9 @@ async def _classify_and_write(
         batch_count=batch_count,
         batch_size=spec.columns.batch_size,
         tables_total=planned.num_rows,
-        tables_by_state={state: states.count(state) for state in TABLE_STATES},
-        tables_by_reason={reason: why.count(reason) for reason in TABLE_REASONS},
-        tables_deleted={reason: reasons.count(reason) for reason in ("dropped", "out_of_scope")},
+        tables_by_state={state: states.get(state, 0) for state in TABLE_STATES},
+        tables_by_reason={reason: why.get(reason, 0) for reason in TABLE_REASONS},
+        tables_deleted={reason: reasons.get(reason, 0) for reason in ("dropped", "out_of_scope")},
         tables_to_extract=int(pc.sum(planned.column("needs_columns")).as_py() or 0),
         started_at=started_at,
         duration_seconds=0.0,
@@ -322,13 +326,35 @@ def _classify(
     return classified, deleted, renamed_tables(connection, tables, previous)
 
 
-def _with_buckets(classified: pa.Table, bucket_count: int, full: bool) -> pa.Table:
-    """Add bucket and needs_columns: every table on a full run, else all but NO CHANGE."""
+def _with_buckets(
+    classified: pa.Table, bucket_count: int, full: bool, same_buckets: bool
+) -> pa.Table:
+    """Add bucket and needs_columns: every table on a full run, else all but NO CHANGE.
+
+    At an unchanged bucket count a table stays in the bucket the state keeps it in; only
+    new tables are hashed.
+    """
     changed = pc.not_equal(classified.column("state"), "NO CHANGE")
     needs = pa.array([True] * classified.num_rows, type=pa.bool_()) if full else changed
-    return classified.append_column(
-        pa.field("bucket", pa.int32(), nullable=False), assign_buckets(classified, bucket_count)
-    ).append_column(pa.field("needs_columns", pa.bool_(), nullable=False), needs)
+    known = classified.column("previous_bucket") if same_buckets else None
+    buckets = assign_buckets(classified, bucket_count, known)
+    return (
+        classified.drop_columns(["previous_bucket"])
+        .append_column(pa.field("bucket", pa.int32(), nullable=False), buckets)
+        .append_column(pa.field("needs_columns", pa.bool_(), nullable=False), needs)
+    )
+
+
+def _counts(values: pa.ChunkedArray) -> dict[str, int]:
+    """How often each value occurs (vectorised: a listing may have a million rows)."""
+    counted = pc.value_counts(values)
+    return dict(
+        zip(
+            counted.field("values").to_pylist(),
+            counted.field("counts").to_pylist(),
+            strict=True,
+        )
+    )
 
 
 async def _write_batches(store: Store, run_id: RunId, planned: pa.Table, batch_size: int) -> int:
