@@ -18,17 +18,27 @@ import tempfile
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from metatide.extractor import faults, logs
+from metatide.extractor import faults
 from metatide.extractor.errors import EXIT_TERMINAL, EXIT_UNEXPECTED, MetatideError, SpecError
 from metatide.extractor.ids import RunId, parse_run_id
 from metatide.extractor.progress import NoProgress, Progress
-from metatide.extractor.spec import ExtractionSpec, load_spec_file, load_spec_json
+
+if TYPE_CHECKING:
+    from metatide.extractor.spec import ExtractionSpec
 
 T = TypeVar("T")
+
+
+def _logs() -> Any:
+    """The logging module, imported on first use: `metatide --help` needs neither it nor the
+    spec model, and start-up time is paid by every Job pod (see bench/README.md)."""
+    from metatide.extractor import logs
+
+    return logs
 
 app = typer.Typer(
     name="metatide",
@@ -36,6 +46,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain click help: typer's rich help costs 0.3 s of imports, paid by `--help` and by
+    # every usage error.
+    rich_markup_mode=None,
 )
 
 ConfigOption = Annotated[
@@ -63,6 +76,8 @@ AllowMassDeleteOption = Annotated[
 def _load_spec(
     config: Path | None, force_full: bool = False, allow_mass_delete: bool = False
 ) -> ExtractionSpec:
+    from metatide.extractor.spec import load_spec_file, load_spec_json
+
     if config is not None:
         spec = load_spec_file(config)
     elif os.environ.get("METATIDE_SPEC"):
@@ -120,22 +135,22 @@ def _termination_log(text: str) -> None:
         try:
             Path(target).write_text(text[-4000:], encoding="utf-8")
         except OSError:
-            logs.log.warning("termination_log_unwritable", path=target)
+            _logs().log.warning("termination_log_unwritable", path=target)
 
 
 def _execute(work: Callable[[], Coroutine[Any, Any, str]]) -> None:
     """Run one async command: result line on stdout, error on stderr, exit code by error type."""
-    logs.configure(os.environ.get("METATIDE_LOG_LEVEL", "INFO"))
+    _logs().configure(os.environ.get("METATIDE_LOG_LEVEL", "INFO"))
     try:
         line = asyncio.run(work())
     except MetatideError as exc:
-        logs.log.error(
+        _logs().log.error(
             "failed", error=type(exc).__name__, message=str(exc), exit_code=exc.exit_code
         )
         _termination_log(f"{type(exc).__name__}: {exc}")
         raise typer.Exit(exc.exit_code) from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence names the type, exits 1
-        logs.log.exception("unexpected_failure", error=type(exc).__name__)
+        _logs().log.exception("unexpected_failure", error=type(exc).__name__)
         _termination_log(f"{type(exc).__name__}: unexpected failure, see the pod log")
         raise typer.Exit(EXIT_UNEXPECTED) from None
     print(line, flush=True)
@@ -281,15 +296,15 @@ def verify(config: ConfigOption = None) -> None:
     from metatide.extractor.storage import open_store
     from metatide.extractor.verify import verify_state
 
-    logs.configure(os.environ.get("METATIDE_LOG_LEVEL", "INFO"))
+    _logs().configure(os.environ.get("METATIDE_LOG_LEVEL", "INFO"))
     try:
         spec = _load_spec(config)
         report = asyncio.run(verify_state(open_store(spec)))
     except MetatideError as exc:
-        logs.log.error("failed", error=type(exc).__name__, message=str(exc))
+        _logs().log.error("failed", error=type(exc).__name__, message=str(exc))
         raise typer.Exit(exc.exit_code) from None
     for bad in report.bad:
-        logs.log.error("damaged_state_file", key=bad.key, problem=bad.problem)
+        _logs().log.error("damaged_state_file", key=bad.key, problem=bad.problem)
     print(report.to_json(), flush=True)
     if not report.ok:
         raise typer.Exit(EXIT_TERMINAL)
@@ -304,13 +319,13 @@ def _look_back(config: Path | None, work: Callable[..., Coroutine[Any, Any, None
     """Run a read-only command over kept states; errors exit as the phases' do."""
     from metatide.extractor.storage import open_store
 
-    logs.configure(os.environ.get("METATIDE_LOG_LEVEL", "WARNING"))
+    _logs().configure(os.environ.get("METATIDE_LOG_LEVEL", "WARNING"))
     try:
         spec = _load_spec(config)
         with _workdir() as workdir:
             asyncio.run(work(spec, open_store(spec), workdir))
     except MetatideError as exc:
-        logs.log.error("failed", error=type(exc).__name__, message=str(exc))
+        _logs().log.error("failed", error=type(exc).__name__, message=str(exc))
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -435,7 +450,7 @@ def demo(
     """Run twice on a generated SQLite database with DDL changes between, and print the diff."""
     from metatide.extractor.demo import run_demo
 
-    logs.configure(os.environ.get("METATIDE_LOG_LEVEL", "WARNING"))
+    _logs().configure(os.environ.get("METATIDE_LOG_LEVEL", "WARNING"))
     try:
         run_demo(keep)
     except MetatideError as exc:
