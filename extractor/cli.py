@@ -40,6 +40,7 @@ def _logs() -> Any:
 
     return logs
 
+
 app = typer.Typer(
     name="metatide",
     help="Incremental SQL metadata extraction: plan, columns, finalize, or all at once with run.",

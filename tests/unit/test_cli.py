@@ -31,7 +31,7 @@ TABLES = ("customers", "orders", "products")
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    """The CLI points structlog at the runner's stderr; point it back after each test."""
+    """The CLI points the log handler at the runner's stderr; point it back after each test."""
     yield
     logs.configure("INFO")
 
