@@ -21,8 +21,8 @@ from metatide.extractor.changes import (
     ChangeHeader,
     Reasons,
     StatePair,
-    change_records,
     stable_column_ids,
+    write_change_records,
 )
 from metatide.extractor.diff import EntityDiff, column_reasons, entity_diff, scope_reasons
 from metatide.extractor.ids import Entity, RunId
@@ -74,8 +74,8 @@ class Built:
 
     manifest: Manifest
     diffs: dict[Entity, EntityDiff]
-    changes: pa.Table
-    """The run's change records (`changes.CHANGE_SCHEMA`)."""
+    changes: ChangeFiles
+    """The run's change records (`changes.CHANGE_SCHEMA`), as files to store."""
     fresh_columns: int
     bytes_written: int
     skipped: list[BadFile]
@@ -124,7 +124,7 @@ async def build_state(
             run_id, previous.run_id if previous else None, inputs.plan.next_marker
         )
         files, diffs, counts, changes = await asyncio.to_thread(
-            _compute, connection, spec, inputs, header
+            _compute, connection, spec, inputs, header, workdir / "changes"
         )
     finally:
         connection.close()
@@ -260,7 +260,8 @@ def _compute(
     spec: ExtractionSpec,
     inputs: RunInputs,
     header: ChangeHeader,
-) -> tuple[NewFiles, dict[Entity, EntityDiff], ColumnCounts, pa.Table]:
+    folder: Path,
+) -> tuple[NewFiles, dict[Entity, EntityDiff], ColumnCounts, ChangeFiles]:
     files = new_files(connection)
     # The rows the diff and the change records compare: the changed tables' previous and new
     # rows. Materialized once, so the touched buckets' files are scanned once, not by every
@@ -283,7 +284,16 @@ def _compute(
         replaced=_count(connection, "diff_old_columns"),
     )
     diffs = _diffs(connection, Scope(spec.source.scope), inputs)
-    return files, diffs, counts, _changes(connection, spec, inputs, diffs, header)
+    return files, diffs, counts, _changes(connection, spec, inputs, diffs, header, folder)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeFiles:
+    """The run's change records, written by DuckDB, and how many of each kind there are."""
+
+    parquet: Path
+    jsonl: Path
+    counts: dict[str, dict[str, int]]
 
 
 def _changes(
@@ -292,22 +302,20 @@ def _changes(
     inputs: RunInputs,
     diffs: dict[Entity, EntityDiff],
     header: ChangeHeader,
-) -> pa.Table:
+    folder: Path,
+) -> ChangeFiles:
     """The run's change records, from the same rows as its diff (the touched tables only)."""
-    views: dict[Entity, tuple[str, str]] = {
-        "database": ("previous_databases", "new_databases"),
-        "schema": ("previous_schemas", "new_schemas"),
-        "table": ("diff_old_tables", "diff_new_tables"),
-        "column": ("diff_old_columns", "diff_new_columns"),
+    old: dict[Entity, pa.Table | str] = {
+        "database": "previous_databases",
+        "schema": "previous_schemas",
+        "table": "diff_old_tables",
+        "column": "diff_old_columns",
     }
-    rows = {
-        side: {
-            entity: conform(
-                connection.sql(f"SELECT * FROM {pair[index]}").to_arrow_table(), SCHEMAS[entity]
-            )
-            for entity, pair in views.items()
-        }
-        for index, side in enumerate(("old", "new"))
+    new: dict[Entity, pa.Table | str] = {
+        "database": "new_databases",
+        "schema": "new_schemas",
+        "table": "diff_new_tables",
+        "column": "diff_new_columns",
     }
     deleted_tables = inputs.deleted.select([*KEY_COLUMNS["table"], "reason"])
     reasons = Reasons(
@@ -320,13 +328,18 @@ def _changes(
             "table": deleted_tables,
         },
     )
-    return change_records(
+    folder.mkdir(parents=True, exist_ok=True)
+    parquet, jsonl = folder / "changes.parquet", folder / "changes.jsonl"
+    counts = write_change_records(
         connection,
-        StatePair(rows["old"], rows["new"]),
+        StatePair(old, new),
         header,
+        parquet,
+        jsonl,
         reasons=reasons,
         stable_column_ids=stable_column_ids(spec.source.kind),
     )
+    return ChangeFiles(parquet, jsonl, counts)
 
 
 def _count(connection: duckdb.DuckDBPyConnection, view: str) -> int:

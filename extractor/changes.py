@@ -24,6 +24,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Final
 
 import duckdb
@@ -77,10 +78,11 @@ class ChangeHeader:
 
 @dataclass(frozen=True, slots=True)
 class StatePair:
-    """Rows of an older and a newer state, each limited to the same part of the catalog."""
+    """Rows of an older and a newer state, each limited to the same part of the catalog: Arrow
+    tables, or names of relations already in the DuckDB connection."""
 
-    old: Mapping[Entity, pa.Table]
-    new: Mapping[Entity, pa.Table]
+    old: Mapping[Entity, pa.Table | str]
+    new: Mapping[Entity, pa.Table | str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,22 +111,100 @@ def change_records(
     stable_column_ids: bool = False,
 ) -> pa.Table:
     """The change records between two states (CHANGE_SCHEMA), ordered by entity and key."""
+    _build(connection, pair, header, reasons, stable_column_ids)
+    rows = connection.sql(f"SELECT {_OUTPUT} FROM ch_records ORDER BY _order").to_arrow_table()
+    return pa.Table.from_arrays(
+        [rows.column(f.name).cast(f.type) for f in CHANGE_SCHEMA], schema=CHANGE_SCHEMA
+    )
+
+
+def write_change_records(
+    connection: duckdb.DuckDBPyConnection,
+    pair: StatePair,
+    header: ChangeHeader,
+    parquet: Path,
+    jsonl: Path,
+    *,
+    reasons: Reasons = Reasons(),
+    stable_column_ids: bool = False,
+) -> dict[str, dict[str, int]]:
+    """Write the change records as Parquet and JSON Lines; returns the counts per entity/kind.
+
+    DuckDB writes the files itself and may spill to its temporary folder: a first run at a
+    million tables has twenty million created columns, which never pass through Python.
+    """
+    _build(connection, pair, header, reasons, stable_column_ids)
+    ordered = f"SELECT {_OUTPUT} FROM ch_records ORDER BY _order"
+    connection.execute(
+        f"COPY ({ordered}) TO $path (FORMAT PARQUET, COMPRESSION ZSTD)", {"path": str(parquet)}
+    )
+    as_text = (
+        f"SELECT * REPLACE (strftime(marker, '%Y-%m-%dT%H:%M:%SZ') AS marker) FROM ({ordered})"
+    )
+    connection.execute(f"COPY ({as_text}) TO $path (FORMAT JSON)", {"path": str(jsonl)})
+    counts: dict[str, dict[str, int]] = {
+        entity: dict.fromkeys(("created", "updated", "renamed", "deleted"), 0)
+        for entity in ENTITIES
+    }
+    found = connection.execute("SELECT entity, change, count(*) FROM ch_records GROUP BY ALL")
+    for entity, change, count in found.fetchall():
+        counts[entity][change] = int(count)
+    return counts
+
+
+_OUTPUT: Final = ", ".join(CHANGE_SCHEMA.names)
+
+
+def _build(
+    connection: duckdb.DuckDBPyConnection,
+    pair: StatePair,
+    header: ChangeHeader,
+    reasons: Reasons,
+    stable_column_ids: bool,
+) -> None:
+    """Table ch_records: every change record, with `_order` (part, then key) for the output."""
     _register(connection, pair, reasons)
+    connection.register(
+        "ch_header",
+        pa.table(
+            {
+                "format_version": pa.array([CHANGE_FORMAT_VERSION], pa.int16()),
+                "run_id": pa.array([header.run_id], pa.string()),
+                "previous_run_id": pa.array([header.previous_run_id], pa.string()),
+                "marker": pa.array([header.marker], pa.timestamp("us", tz="UTC")),
+            }
+        ),
+    )
     statements = _statements(stable_column_ids)
     for setup in (sql for sql in statements if sql.lstrip().startswith("CREATE")):
         connection.execute(setup)
     selects = [sql for sql in statements if not sql.lstrip().startswith("CREATE")]
-    # One query (one round trip, one sort): each part keeps its place in the output order.
+    # One query: each part keeps its place in the output order, then the key orders it.
     union = " UNION ALL BY NAME ".join(
         f"(SELECT {rank} AS _part, * FROM ({sql}))" for rank, sql in enumerate(selects)
     )
-    return _rows(connection, f"SELECT * FROM ({union}) ORDER BY ALL", header)
+    keys = ", ".join(_KEY_NAMES)
+    connection.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE ch_records AS
+        SELECT h.*, r.* EXCLUDE (_part),
+               row_number() OVER (ORDER BY r._part, {keys}) AS _order
+        FROM ({union}) AS r CROSS JOIN ch_header AS h
+        """
+    )
 
 
 def _register(connection: duckdb.DuckDBPyConnection, pair: StatePair, reasons: Reasons) -> None:
     for entity in ENTITIES:
-        connection.register(f"ch_old_{entity}_all", pair.old[entity])
-        connection.register(f"ch_new_{entity}_all", pair.new[entity])
+        for side, rows in (("old", pair.old[entity]), ("new", pair.new[entity])):
+            if isinstance(rows, str):
+                fields = ", ".join(SCHEMAS[entity].names)
+                connection.execute(
+                    f"CREATE OR REPLACE TEMP VIEW ch_{side}_{entity}_all AS "
+                    f"SELECT {fields} FROM {rows}"
+                )
+            else:
+                connection.register(f"ch_{side}_{entity}_all", rows)
     for side in ("old", "new"):
         for entity in ("database", "schema", "table"):
             connection.execute(
@@ -402,22 +482,6 @@ def _statements(stable_column_ids: bool) -> list[str]:
         _MOVED_COLUMNS,
         *_column_statements(stable_column_ids),
     ]
-
-
-def _rows(connection: duckdb.DuckDBPyConnection, sql: str, header: ChangeHeader) -> pa.Table:
-    rows = connection.sql(sql).to_arrow_table()
-    count = rows.num_rows
-    columns = {
-        "format_version": pa.array([CHANGE_FORMAT_VERSION] * count, pa.int16()),
-        "run_id": pa.array([header.run_id] * count, pa.string()),
-        "previous_run_id": pa.array([header.previous_run_id] * count, pa.string()),
-        "marker": pa.array([header.marker] * count, pa.timestamp("us", tz="UTC")),
-    }
-    arrays = [
-        columns[f.name] if f.name in columns else rows.column(f.name).cast(f.type)
-        for f in CHANGE_SCHEMA
-    ]
-    return pa.Table.from_arrays(arrays, schema=CHANGE_SCHEMA)
 
 
 def change_lines(records: pa.Table) -> bytes:

@@ -24,7 +24,6 @@ import pyarrow.parquet as pq
 
 from metatide.extractor.baseline import read_baseline
 from metatide.extractor.build import Built, RunInputs, build_state
-from metatide.extractor.changes import change_lines
 from metatide.extractor.diff import EntityDiff
 from metatide.extractor.errors import (
     IncompleteRunError,
@@ -163,8 +162,8 @@ async def _build_and_commit(
     durations["finalize"] = time.monotonic() - started
     summary = _summary(plan, inputs, built, durations, meter.bytes_read)
     await _write_diff(spec, store, plan.run_id, built.diffs)
-    await store.put(changes_key(plan.run_id), encode_parquet(built.changes))
-    await store.put(changes_key(plan.run_id, "jsonl"), change_lines(built.changes))
+    await store.put_file(changes_key(plan.run_id), built.changes.parquet)
+    await store.put_file(changes_key(plan.run_id, "jsonl"), built.changes.jsonl)
     await store.put(
         summary_key(plan.run_id), json.dumps(summary, indent=1, sort_keys=True).encode()
     )
@@ -349,7 +348,7 @@ def _summary(
             }
             for entity, diff in built.diffs.items()
         },
-        "changes": _change_counts(built.changes),
+        "changes": built.changes.counts,
         "state_rows": {entity: logical.get(entity, 0) for entity in ENTITIES},
         "state_bytes_written": built.bytes_written,
         "state_verified": built.manifest.verified_sequence == built.manifest.sequence,
@@ -358,19 +357,6 @@ def _summary(
         "batches": plan.batch_count,
         "durations_seconds": {name: round(value, 3) for name, value in durations.items()},
     }
-
-
-def _change_counts(changes: pa.Table) -> dict[str, dict[str, int]]:
-    """Change records per entity and kind (renames counted once, as renames)."""
-    counts: dict[str, dict[str, int]] = {
-        entity: dict.fromkeys(("created", "updated", "renamed", "deleted"), 0)
-        for entity in ENTITIES
-    }
-    for entity, change in zip(
-        changes.column("entity").to_pylist(), changes.column("change").to_pylist(), strict=True
-    ):
-        counts[entity][change] += 1
-    return counts
 
 
 async def _write_diff(
