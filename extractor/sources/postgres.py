@@ -48,6 +48,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import asyncio
+import io
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -59,6 +60,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import pyarrow as pa
+import pyarrow.csv as pacsv
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from metatide.extractor.errors import (
@@ -75,7 +77,6 @@ from metatide.extractor.spec import PostgresSourceSpec
 
 _IDLE_CONNECTIONS: Final = 4
 _CONNECT_ATTEMPTS: Final = 3
-_COLUMN_CHUNK_ROWS: Final = 50_000
 # pg_get_viewdef keeps a lock on every relation a view reads until the transaction ends, and
 # the server's lock table, shared by all sessions, holds max_locks_per_transaction x
 # max_connections entries (about 6,400 by default): tables() reads this many per transaction.
@@ -428,12 +429,14 @@ class PostgresSource:
                 schemas=pa.array([schema for schema, _ in present], type=pa.string()),
                 tables=pa.array([table for _, table in present], type=pa.string()),
             )
-            # A cursor bounds memory: each chunk becomes Arrow before the next is read.
-            cursor = await conn.cursor(_COLUMNS, [row[0] for row in found])
-            batches = [COLUMN_SCHEMA.empty_table()]
-            while records := await cursor.fetch(_COLUMN_CHUNK_ROWS):
-                batches.append(names.column_batch(records))
-            return present, pa.concat_tables(batches)
+            # COPY ... CSV and Arrow's CSV reader: the rows never become Python objects
+            # (a third faster than a cursor for 200,000 columns; the server's query is the
+            # rest). A batch is at most columns.batchSize tables, so the text fits in memory.
+            text = io.BytesIO()
+            await conn.copy_from_query(
+                _COLUMNS, [row[0] for row in found], output=text, format="csv"
+            )
+            return present, names.column_batch(_read_csv(text.getvalue()))
 
         async with self._session(database) as conn:
             return await self._read(conn, read)
@@ -612,20 +615,39 @@ class _Names:
     schemas: pa.Array
     tables: pa.Array
 
-    def column_batch(self, records: Sequence[Any]) -> pa.Table:
-        """Column records (position, then `_COLUMN_FIELDS`) as a COLUMN_SCHEMA table."""
-        position, *fields = zip(*records, strict=True)
-        index = pa.array(position, type=pa.int32())
+    def column_batch(self, rows: pa.Table) -> pa.Table:
+        """`_COLUMNS` rows (position, then `_COLUMN_FIELDS`) as a COLUMN_SCHEMA table."""
+        index = rows.column(0).cast(pa.int32())
         arrays = [
-            pa.repeat(pa.scalar(self.database, type=pa.string()), len(records)),
+            pa.repeat(pa.scalar(self.database, type=pa.string()), rows.num_rows),
             self.schemas.take(index),
             self.tables.take(index),
         ]
         arrays += [
-            pa.array(values, type=field.type)
-            for values, field in zip(fields, _COLUMN_FIELD_TYPES, strict=True)
+            rows.column(position + 1).cast(field.type)
+            for position, field in enumerate(_COLUMN_FIELD_TYPES)
         ]
         return pa.Table.from_arrays(arrays, schema=COLUMN_SCHEMA)
+
+
+_CSV_COLUMNS: Final = ["position", *(field.name for field in _COLUMN_FIELD_TYPES)]
+
+
+def _read_csv(data: bytes) -> pa.Table:
+    """PostgreSQL's CSV: NULL is an unquoted empty field, '' a quoted one, booleans t/f."""
+    types = {"position": pa.int32(), **{field.name: field.type for field in _COLUMN_FIELD_TYPES}}
+    return pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=pacsv.ReadOptions(column_names=_CSV_COLUMNS),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=types,
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            true_values=["t"],
+            false_values=["f"],
+        ),
+    )
 
 
 def _original(exc: BaseException) -> BaseException:
