@@ -24,13 +24,30 @@ import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import pyarrow.parquet as pq
 import pytest
 
-from metatide.extractor.history import diff_between, kept
+from metatide.extractor.history import diff_between, kept, read_rows, table_history
 from metatide.extractor.ids import RunId
 from metatide.extractor.runfiles import changes_key
 from metatide.extractor.spec import ExtractionSpec
+from metatide.extractor.state import bucket_of
 from metatide.extractor.storage import open_store
-from tests.harness import assert_same_state, committed_state, full_state, make_spec, run_pipeline
-from tests.services import create_database, drop_database, execute_sql, require_postgres
+from tests.harness import (
+    assert_same_state,
+    committed_state,
+    full_state,
+    make_spec,
+    run_pipeline,
+    with_fields,
+)
+from tests.services import (
+    create_database,
+    delete_bucket,
+    drop_database,
+    execute_sql,
+    fresh_bucket,
+    require_postgres,
+    require_s3,
+    s3_settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -262,3 +279,60 @@ def test_an_oid_that_comes_back_for_another_table_is_a_drop_and_a_create(
         if r["entity"] == "table"
     ]
     assert tables == [("created", "sessions", None), ("deleted", "ledger", None)]
+
+
+def test_looking_back_on_minio(
+    spec: ExtractionSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """show, diff and history read kept states from S3 as from a folder, and history of one
+    table reads only the bucket that holds it in each state."""
+    require_s3()
+    settings = s3_settings()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", settings.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", settings.secret_key)
+    bucket = fresh_bucket("history")
+    try:
+        s3 = with_fields(
+            spec,
+            storage={"url": f"s3://{bucket}/main", "endpoint": settings.endpoint, "secure": False},
+            state={"tablesPerBucket": 1},
+        )
+        first = asyncio.run(run_pipeline(s3, tmp_path / "first"))
+        execute_sql(
+            os.environ["METATIDE_TEST_RENAMES_DSN"],
+            "ALTER TABLE orders RENAME TO purchases; ALTER TABLE purchases ADD COLUMN note text;",
+        )
+        second = asyncio.run(run_pipeline(s3, tmp_path / "second"))
+        store = open_store(s3)
+
+        async def look() -> tuple[Any, ...]:
+            states = await kept(store, s3.state.keep_runs)
+            newest = await read_rows(store, s3, states[0], tmp_path / "show")
+            records, _ = await diff_between(store, s3, states[1], states[0], tmp_path / "diff")
+            key = (newest["table"]["database_name"][0].as_py(), "public", "purchases")
+            versions, meter = await table_history(store, s3, key, tmp_path / "history")
+            return states, newest, records, versions, meter
+
+        states, newest, records, versions, meter = asyncio.run(look())
+        assert [m.run_id for m in states] == [second["run_id"], first["run_id"]]
+        assert sorted(newest["table"]["table_name"].to_pylist()) == ["customers", "purchases"]
+        assert [
+            (r["change"], r["table_name"]) for r in records.to_pylist() if r["entity"] == "table"
+        ] == [("renamed", "purchases")]
+        assert [v.key[2] for v in versions] == ["orders", "purchases"]
+        held = sum(
+            ref.bytes
+            for version in versions
+            for entity in ("table", "column")
+            for ref in version.manifest.files[entity]
+            if ref.bucket == bucket_of(*version.key, version.manifest.bucket_count)
+        )
+        small = sum(
+            ref.bytes
+            for version in versions
+            for entity in ("database", "schema")
+            for ref in version.manifest.files[entity]
+        )
+        assert meter.bytes_read <= held + small + 64 * 1024  # plus manifests and change records
+    finally:
+        delete_bucket(bucket)
