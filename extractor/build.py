@@ -278,7 +278,10 @@ def _compute(
             f"SELECT {_COLUMN_NAMES} FROM old_columns SEMI JOIN changed USING ({TABLE_KEYS})",
         ),
     ):
-        connection.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+        # A full extraction compares everything: views then, for DuckDB to stream (a
+        # materialized copy of twenty million columns would not fit its memory limit).
+        kind = "VIEW" if inputs.plan.full_extraction else "TABLE"
+        connection.execute(f"CREATE OR REPLACE TEMP {kind} {name} AS {sql}")
     counts = ColumnCounts(
         fresh=_count(connection, "diff_new_columns"),
         replaced=_count(connection, "diff_old_columns"),

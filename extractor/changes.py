@@ -111,8 +111,8 @@ def change_records(
     stable_column_ids: bool = False,
 ) -> pa.Table:
     """The change records between two states (CHANGE_SCHEMA), ordered by entity and key."""
-    _build(connection, pair, header, reasons, stable_column_ids)
-    rows = connection.sql(f"SELECT {_OUTPUT} FROM ch_records ORDER BY _order").to_arrow_table()
+    query = _query(connection, pair, header, reasons, stable_column_ids)
+    rows = connection.sql(query).to_arrow_table()
     return pa.Table.from_arrays(
         [rows.column(f.name).cast(f.type) for f in CHANGE_SCHEMA], schema=CHANGE_SCHEMA
     )
@@ -130,39 +130,44 @@ def write_change_records(
 ) -> dict[str, dict[str, int]]:
     """Write the change records as Parquet and JSON Lines; returns the counts per entity/kind.
 
-    DuckDB writes the files itself and may spill to its temporary folder: a first run at a
-    million tables has twenty million created columns, which never pass through Python.
+    DuckDB writes the files itself, sorting out of core: a first run at a million tables has
+    twenty million created columns, which never pass through Python nor sit in memory at
+    once. The JSON Lines and the counts are read back from the Parquet file.
     """
-    _build(connection, pair, header, reasons, stable_column_ids)
-    ordered = f"SELECT {_OUTPUT} FROM ch_records ORDER BY _order"
+    query = _query(connection, pair, header, reasons, stable_column_ids)
     connection.execute(
-        f"COPY ({ordered}) TO $path (FORMAT PARQUET, COMPRESSION ZSTD)", {"path": str(parquet)}
+        f"COPY ({query}) TO $path (FORMAT PARQUET, COMPRESSION ZSTD)", {"path": str(parquet)}
     )
-    as_text = (
-        f"SELECT * REPLACE (strftime(marker, '%Y-%m-%dT%H:%M:%SZ') AS marker) FROM ({ordered})"
-    )
-    connection.execute(f"COPY ({as_text}) TO $path (FORMAT JSON)", {"path": str(jsonl)})
+    written = "SELECT * FROM read_parquet($path)"
+    connection.execute("SET preserve_insertion_order = true")  # the file's order, kept
+    try:
+        connection.execute(
+            "COPY (SELECT * REPLACE (strftime(marker, '%Y-%m-%dT%H:%M:%SZ') AS marker) "
+            "FROM read_parquet($source)) TO $path (FORMAT JSON)",
+            {"source": str(parquet), "path": str(jsonl)},
+        )
+    finally:
+        connection.execute("SET preserve_insertion_order = false")
     counts: dict[str, dict[str, int]] = {
         entity: dict.fromkeys(("created", "updated", "renamed", "deleted"), 0)
         for entity in ENTITIES
     }
-    found = connection.execute("SELECT entity, change, count(*) FROM ch_records GROUP BY ALL")
+    found = connection.execute(
+        f"SELECT entity, change, count(*) FROM ({written}) GROUP BY ALL", {"path": str(parquet)}
+    )
     for entity, change, count in found.fetchall():
         counts[entity][change] = int(count)
     return counts
 
 
-_OUTPUT: Final = ", ".join(CHANGE_SCHEMA.names)
-
-
-def _build(
+def _query(
     connection: duckdb.DuckDBPyConnection,
     pair: StatePair,
     header: ChangeHeader,
     reasons: Reasons,
     stable_column_ids: bool,
-) -> None:
-    """Table ch_records: every change record, with `_order` (part, then key) for the output."""
+) -> str:
+    """Set up the connection and return the query of every change record, in output order."""
     _register(connection, pair, reasons)
     connection.register(
         "ch_header",
@@ -183,15 +188,16 @@ def _build(
     union = " UNION ALL BY NAME ".join(
         f"(SELECT {rank} AS _part, * FROM ({sql}))" for rank, sql in enumerate(selects)
     )
-    keys = ", ".join(_KEY_NAMES)
-    connection.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE ch_records AS
-        SELECT h.*, r.* EXCLUDE (_part),
-               row_number() OVER (ORDER BY r._part, {keys}) AS _order
-        FROM ({union}) AS r CROSS JOIN ch_header AS h
-        """
+    keys = ", ".join(f"r.{name}" for name in _KEY_NAMES)
+    outputs = ", ".join(
+        f"h.{name}" if name in _HEADER else f"r.{name}" for name in CHANGE_SCHEMA.names
     )
+    return (
+        f"SELECT {outputs} FROM ({union}) AS r CROSS JOIN ch_header AS h ORDER BY r._part, {keys}"
+    )
+
+
+_HEADER: Final = frozenset({"format_version", "run_id", "previous_run_id", "marker"})
 
 
 def _register(connection: duckdb.DuckDBPyConnection, pair: StatePair, reasons: Reasons) -> None:
@@ -226,7 +232,7 @@ def _register(connection: duckdb.DuckDBPyConnection, pair: StatePair, reasons: R
     )
     for side in ("old", "new"):
         connection.execute(
-            f"CREATE OR REPLACE TEMP TABLE ch_{side}_column AS SELECT c.* FROM "
+            f"CREATE OR REPLACE TEMP VIEW ch_{side}_column AS SELECT c.* FROM "
             f"ch_{side}_column_all AS c SEMI JOIN ch_touched USING ({_TABLE_KEYS})"
         )
     for entity in ENTITIES:
@@ -394,7 +400,7 @@ def _table_statements() -> list[str]:
 
 
 _MOVED_COLUMNS = """
-CREATE OR REPLACE TEMP TABLE ch_old_column_moved AS
+CREATE OR REPLACE TEMP VIEW ch_old_column_moved AS
 SELECT oc.* REPLACE (
            coalesce(x.n_database, oc.database_name) AS database_name,
            coalesce(x.n_schema, oc.schema_name) AS schema_name,
@@ -437,7 +443,7 @@ def _column_statements(stable_column_ids: bool) -> list[str]:
         else "SELECT *, NULL::VARCHAR AS new_column FROM ch_old_column_moved WHERE false"
     )
     return [
-        f"CREATE OR REPLACE TEMP TABLE ch_renamed_columns AS {renamed_pairs}",
+        f"CREATE OR REPLACE TEMP VIEW ch_renamed_columns AS {renamed_pairs}",
         f"""SELECT 'column' AS entity, 'created' AS change, {_key_select("column", "n")},
                    {_no_previous()}, []::VARCHAR[] AS changed_fields, NULL AS before,
                    {_full_json("column", "n")} AS after, {table_reason} AS reason
