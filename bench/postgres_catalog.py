@@ -8,6 +8,8 @@ fresh process. Added columns are dropped again afterwards, so the cached catalog
 valid. Figures go to stdout and to bench/results.json.
 
     PYTHONSAFEPATH=1 uv run python bench/postgres_catalog.py [--recreate] [--repeat 2]
+    METATIDE_BENCH_PG_DATABASE=metatide_bench_100k PYTHONSAFEPATH=1 uv run python \
+        bench/postgres_catalog.py --schemas 200 --repeat 1     # 100,000 tables / 2,000,000 columns
 
 The admin DSN comes from METATIDE_TEST_PG_DSN (default: the CI PostgreSQL on 127.0.0.1:55432);
 start that server with ``bash .ci/services/postgres.sh start``.
@@ -37,7 +39,9 @@ from _catalog import (
 )
 
 DEFAULT_ADMIN_DSN = "postgresql://metatide:metatide-test@127.0.0.1:55432/postgres"
-DATABASE = "metatide_bench"
+DATABASE = os.environ.get("METATIDE_BENCH_PG_DATABASE") or "metatide_bench"
+"""Several catalog sizes can be kept side by side, each in its own database, e.g.
+METATIDE_BENCH_PG_DATABASE=metatide_bench_100k with --schemas 200 (100,000 relations)."""
 DSN_ENV = "METATIDE_BENCH_DSN"
 TABLES_PER_STATEMENT = 50
 
