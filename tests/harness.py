@@ -22,8 +22,10 @@ from metatide.extractor.history import kept, reasons_between
 from metatide.extractor.ids import ENTITIES, Entity, RunId
 from metatide.extractor.layers import read_state
 from metatide.extractor.phases.run import run
-from metatide.extractor.records import KEY_COLUMNS, SCHEMAS
+from metatide.extractor.records import KEY_COLUMNS, SCHEMAS, conform, table_to_keys
 from metatide.extractor.runfiles import changes_key, diff_key
+from metatide.extractor.scope import Scope
+from metatide.extractor.sources import open_source
 from metatide.extractor.spec import ExtractionSpec, parse_spec
 from metatide.extractor.state import sort_by_key
 from metatide.extractor.storage import KeyNotFoundError, Store, open_store
@@ -176,3 +178,23 @@ async def check_change_records(
             f"run {newer.run_id} recorded {len(stored)} change records, the states imply "
             f"{len(direct)}; missing {missing}; unexpected {extra}"
         )
+
+
+async def source_snapshot(spec: ExtractionSpec) -> State:
+    """What a full extraction's state holds, read straight from the source: the scoped
+    listing and the columns of every listed table (no pipeline, no store). Cheaper than
+    `full_state`, so the property test can compare with it after every run."""
+    scope = Scope(spec.source.scope)
+    async with open_source(spec) as source:
+        databases = await source.databases(scope)
+        names = databases.column("database_name").to_pylist()
+        schemas = scope.filter_schemas(await source.schemas(names, scope))
+        tables = scope.filter_tables(await source.tables(schemas, scope))
+        found = await source.columns(table_to_keys(tables))
+    present = pa.array([key in found.present for key in table_to_keys(tables)], pa.bool_())
+    return {
+        "database": sort_by_key("database", conform(databases, SCHEMAS["database"])),
+        "schema": sort_by_key("schema", conform(schemas, SCHEMAS["schema"])),
+        "table": sort_by_key("table", conform(tables.filter(present), SCHEMAS["table"])),
+        "column": sort_by_key("column", conform(found.columns, SCHEMAS["column"])),
+    }

@@ -636,6 +636,8 @@ _CSV_COLUMNS: Final = ["position", *(field.name for field in _COLUMN_FIELD_TYPES
 def _read_csv(data: bytes) -> pa.Table:
     """PostgreSQL's CSV: NULL is an unquoted empty field, '' a quoted one, booleans t/f."""
     types = {"position": pa.int32(), **{field.name: field.type for field in _COLUMN_FIELD_TYPES}}
+    if not data:  # relations without columns (or none at all): Arrow refuses an empty file
+        return pa.schema([pa.field(name, types[name]) for name in _CSV_COLUMNS]).empty_table()
     return pacsv.read_csv(
         io.BytesIO(data),
         read_options=pacsv.ReadOptions(column_names=_CSV_COLUMNS),

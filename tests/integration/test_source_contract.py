@@ -183,6 +183,9 @@ def test_a_relation_without_columns_is_present_with_none(kit: Kit) -> None:
     result = columns(spec_of(kit), [key(kit, "hollow"), key(kit, "full")])
     assert result.present == {key(kit, "hollow"), key(kit, "full")}
     assert column_names(result) == {"full": ["id"]}
+    alone = columns(spec_of(kit), [key(kit, "hollow")])  # a batch with no column at all
+    assert alone.present == {key(kit, "hollow")}
+    assert alone.columns.num_rows == 0
 
 
 def test_every_requested_table_is_accounted_for(kit: Kit) -> None:
