@@ -111,11 +111,16 @@ def change_records(
     stable_column_ids: bool = False,
 ) -> pa.Table:
     """The change records between two states (CHANGE_SCHEMA), ordered by entity and key."""
-    query = _query(connection, pair, header, reasons, stable_column_ids)
+    query = _query(connection, pair, header, reasons, stable_column_ids, ordered=True)
     rows = connection.sql(query).to_arrow_table()
     return pa.Table.from_arrays(
         [rows.column(f.name).cast(f.type) for f in CHANGE_SCHEMA], schema=CHANGE_SCHEMA
     )
+
+
+def sorted_records(records: pa.Table) -> pa.Table:
+    """Change records in a stable order (a run writes them unordered): entity, change, key."""
+    return records.sort_by([(name, "ascending") for name in ("entity", "change", *_KEY_NAMES)])
 
 
 def write_change_records(
@@ -130,24 +135,22 @@ def write_change_records(
 ) -> dict[str, dict[str, int]]:
     """Write the change records as Parquet and JSON Lines; returns the counts per entity/kind.
 
-    DuckDB writes the files itself, sorting out of core: a first run at a million tables has
-    twenty million created columns, which never pass through Python nor sit in memory at
-    once. The JSON Lines and the counts are read back from the Parquet file.
+    DuckDB writes the files itself, streaming and unordered: a first run at a million tables
+    has twenty million created columns, which never pass through Python nor sit in memory at
+    once, and a sort of them (wide JSON payloads) would not fit DuckDB's memory limit. Readers
+    order what they select. The JSON Lines and the counts are read back from the Parquet file.
     """
-    query = _query(connection, pair, header, reasons, stable_column_ids)
+    query = _query(connection, pair, header, reasons, stable_column_ids, ordered=False)
     connection.execute(
-        f"COPY ({query}) TO $path (FORMAT PARQUET, COMPRESSION ZSTD)", {"path": str(parquet)}
+        f"COPY ({query}) TO $path (FORMAT PARQUET, COMPRESSION ZSTD, ROW_GROUP_SIZE 20000)",
+        {"path": str(parquet)},
     )
     written = "SELECT * FROM read_parquet($path)"
-    connection.execute("SET preserve_insertion_order = true")  # the file's order, kept
-    try:
-        connection.execute(
-            "COPY (SELECT * REPLACE (strftime(marker, '%Y-%m-%dT%H:%M:%SZ') AS marker) "
-            "FROM read_parquet($source)) TO $path (FORMAT JSON)",
-            {"source": str(parquet), "path": str(jsonl)},
-        )
-    finally:
-        connection.execute("SET preserve_insertion_order = false")
+    connection.execute(
+        "COPY (SELECT * REPLACE (strftime(marker, '%Y-%m-%dT%H:%M:%SZ') AS marker) "
+        "FROM read_parquet($source)) TO $path (FORMAT JSON)",
+        {"source": str(parquet), "path": str(jsonl)},
+    )
     counts: dict[str, dict[str, int]] = {
         entity: dict.fromkeys(("created", "updated", "renamed", "deleted"), 0)
         for entity in ENTITIES
@@ -166,8 +169,11 @@ def _query(
     header: ChangeHeader,
     reasons: Reasons,
     stable_column_ids: bool,
+    *,
+    ordered: bool,
 ) -> str:
-    """Set up the connection and return the query of every change record, in output order."""
+    """Set up the connection and return the query of every change record (`ordered`: by
+    entity, change and key)."""
     _register(connection, pair, reasons)
     connection.register(
         "ch_header",
@@ -192,9 +198,8 @@ def _query(
     outputs = ", ".join(
         f"h.{name}" if name in _HEADER else f"r.{name}" for name in CHANGE_SCHEMA.names
     )
-    return (
-        f"SELECT {outputs} FROM ({union}) AS r CROSS JOIN ch_header AS h ORDER BY r._part, {keys}"
-    )
+    order = f" ORDER BY r._part, {keys}" if ordered else ""
+    return f"SELECT {outputs} FROM ({union}) AS r CROSS JOIN ch_header AS h{order}"
 
 
 _HEADER: Final = frozenset({"format_version", "run_id", "previous_run_id", "marker"})

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 
+from metatide.extractor.changes import sorted_records
 from metatide.extractor.console import changes_table
 from metatide.extractor.ids import RunId
 from metatide.extractor.phases.run import run
@@ -112,4 +113,4 @@ def _execute(database: Path, script: str) -> None:
 
 
 async def _read_changes(store: Store, run_id: RunId) -> pa.Table:
-    return pq.read_table(io.BytesIO((await store.get(changes_key(run_id))).data))
+    return sorted_records(pq.read_table(io.BytesIO((await store.get(changes_key(run_id))).data)))

@@ -17,7 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metatide.extractor import duck
-from metatide.extractor.changes import ChangeHeader, StatePair, change_records, stable_column_ids
+from metatide.extractor.changes import (
+    ChangeHeader,
+    StatePair,
+    change_records,
+    sorted_records,
+    stable_column_ids,
+)
 from metatide.extractor.history import kept, reasons_between
 from metatide.extractor.ids import ENTITIES, Entity, RunId
 from metatide.extractor.layers import read_state
@@ -157,7 +163,7 @@ async def check_change_records(
     newer = kept_states[0]
     older = kept_states[1] if len(kept_states) > 1 else None
     data = (await store.get(changes_key(newer.run_id))).data
-    stored = pq.read_table(io.BytesIO(data)).to_pylist()
+    stored = sorted_records(pq.read_table(io.BytesIO(data))).to_pylist()
     reasons = await reasons_between(store, spec, older, newer, before, after)
     header = ChangeHeader(newer.run_id, older.run_id if older else None, newer.marker)
     connection = duck.connect(spec.duckdb)
@@ -168,9 +174,10 @@ async def check_change_records(
             header,
             reasons=reasons,
             stable_column_ids=stable_column_ids(spec.source.kind),
-        ).to_pylist()
+        )
     finally:
         connection.close()
+    direct = sorted_records(direct).to_pylist()
     if stored != direct:
         missing = [row for row in direct if row not in stored][:3]
         extra = [row for row in stored if row not in direct][:3]

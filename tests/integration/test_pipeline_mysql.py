@@ -240,11 +240,11 @@ def test_a_ddl_in_the_markers_second_is_not_lost(
 
 def changes_of(spec: ExtractionSpec, run_id: str) -> list[tuple[Any, ...]]:
     rows = read_parquet(spec, changes_key(RunId(run_id)))
-    return [
+    return sorted(
         (r["entity"], r["change"], r["table_name"], r["previous_table_name"])
         for r in rows
         if r["entity"] == "table"
-    ]
+    )
 
 
 def test_a_renamed_table_is_one_renamed_record(schemas: tuple[str, str], tmp_path: Path) -> None:

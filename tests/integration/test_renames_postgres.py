@@ -24,6 +24,7 @@ import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import pyarrow.parquet as pq
 import pytest
 
+from metatide.extractor.changes import sorted_records
 from metatide.extractor.history import diff_between, kept, read_rows, table_history
 from metatide.extractor.ids import RunId
 from metatide.extractor.runfiles import changes_key
@@ -79,7 +80,7 @@ def step(spec: ExtractionSpec, tmp_path: Path, sql: str) -> list[dict[str, Any]]
     summary = asyncio.run(run_pipeline(spec, tmp_path / f"run-{name}"))
     store = open_store(spec)
     data = asyncio.run(store.get(changes_key(RunId(summary["run_id"])))).data
-    records = pq.read_table(io.BytesIO(data)).to_pylist()
+    records = sorted_records(pq.read_table(io.BytesIO(data))).to_pylist()
     state = asyncio.run(committed_state(spec, tmp_path / f"read-{name}"))
     reference = asyncio.run(
         full_state(spec, f"file://{tmp_path / f'ref-{name}'}", tmp_path / f"full-{name}")
@@ -89,7 +90,7 @@ def step(spec: ExtractionSpec, tmp_path: Path, sql: str) -> list[dict[str, Any]]
     async def recomputed() -> list[dict[str, Any]]:
         newer, older = (await kept(store, spec.state.keep_runs))[:2]
         found, _ = await diff_between(store, spec, older, newer, tmp_path / f"diff-{name}")
-        rows: list[dict[str, Any]] = found.to_pylist()
+        rows: list[dict[str, Any]] = sorted_records(found).to_pylist()
         return rows
 
     assert asyncio.run(recomputed()) == records
@@ -134,9 +135,7 @@ def test_renames_through_a_sequence_of_ddl(spec: ExtractionSpec, tmp_path: Path)
         "ALTER TABLE clients ALTER COLUMN contact TYPE varchar(300);"
         "ALTER TABLE archive.purchases ALTER COLUMN amount TYPE numeric(12,2);",
     )
-    assert brief(records) == [
-        ("table", "renamed", "public", "clients", None, "public", "customers", None, ()),
-        ("column", "updated", "archive", "purchases", "amount", None, None, None, ("data_type",)),
+    assert brief(records) == [  # in sorted_records' order: entity, change, key
         (
             "column",
             "renamed",
@@ -148,6 +147,8 @@ def test_renames_through_a_sequence_of_ddl(spec: ExtractionSpec, tmp_path: Path)
             "mail",
             ("data_type",),
         ),
+        ("column", "updated", "archive", "purchases", "amount", None, None, None, ("data_type",)),
+        ("table", "renamed", "public", "clients", None, "public", "customers", None, ()),
     ]
     amount = next(r for r in records if r["column_name"] == "amount")
     assert (amount["before"], amount["after"]) == (
@@ -273,11 +274,11 @@ def test_an_oid_that_comes_back_for_another_table_is_a_drop_and_a_create(
     summary = asyncio.run(run_pipeline(spec, tmp_path / "second"))
     store = open_store(spec)
     data_bytes = asyncio.run(store.get(changes_key(RunId(summary["run_id"])))).data
-    tables = [
+    tables = sorted(
         (r["change"], r["table_name"], r["previous_table_name"])
         for r in pq.read_table(io.BytesIO(data_bytes)).to_pylist()
         if r["entity"] == "table"
-    ]
+    )
     assert tables == [("created", "sessions", None), ("deleted", "ledger", None)]
 
 
