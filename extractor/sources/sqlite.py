@@ -14,6 +14,14 @@ the highest rowid), and VACUUM may renumber them: `changes` accepts a rename onl
 columns agree, and a renumbered table is reported UPDATED (its id changed) once. Views have
 no id (a renamed view is a drop and a create), and a column's position is not an identity
 here (DROP COLUMN shifts the later ones), so column renames are a drop and a create.
+
+Why SQLAlchemy for a file the standard library's `sqlite3` could read: this module is the
+template for sources that reach a database through a SQLAlchemy dialect (Oracle, SQL Server,
+Snowflake...), which have no asyncio driver of their own. It shows the shape such a source
+takes: a read-only `Engine` without a pool, each call on its own connection in a worker
+thread, queries as `sa.text` with bound parameters, and the one driver-error translation
+(`sa.exc.OperationalError` to `SourceUnavailableError`) in `_run`. Replacing it with
+`sqlite3` is a local change; then SQLAlchemy leaves the dependencies with it.
 """
 
 from __future__ import annotations
