@@ -33,7 +33,6 @@ import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import pyarrow as pa
@@ -44,7 +43,12 @@ from metatide.extractor.errors import SourceUnavailableError
 from metatide.extractor.ids import TableKey
 from metatide.extractor.records import rows_to_table
 from metatide.extractor.scope import Scope
-from metatide.extractor.sources.base import FINGERPRINT_HEX_DIGITS, Capabilities, ColumnsResult
+from metatide.extractor.sources.base import (
+    FINGERPRINT_HEX_DIGITS,
+    Capabilities,
+    ClosingSource,
+    ColumnsResult,
+)
 from metatide.extractor.spec import SqliteSourceSpec
 
 T = TypeVar("T")
@@ -64,7 +68,7 @@ _EXISTS = sa.text("SELECT type, sql FROM sqlite_master WHERE name = :table")
 _CLOCK = sa.text("SELECT strftime('%Y-%m-%dT%H:%M:%f', 'now')")
 
 
-class SqliteSource:
+class SqliteSource(ClosingSource):
     """A `Source` over one SQLite file."""
 
     capabilities = Capabilities(ddl_time=False, creation_time=False, fingerprint=True)
@@ -86,12 +90,7 @@ class SqliteSource:
         self._engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
 
