@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 from localkube.testkit import Cluster, wait_for
 
+from metatide.extractor import faults
 from tests.services import (
     create_database,
     create_mysql_database,
@@ -195,6 +196,12 @@ def resource(name: str, world: JSON, **spec: Any) -> JSON:
     }
 
 
+def fault_env(fault: str) -> dict[str, str]:
+    """spec.job.env that injects `fault` (see extractor/faults.py): the fault variable and the
+    harness variable without which the image ignores it."""
+    return {faults.VARIABLE: fault, faults.HARNESS_VARIABLE: "1"}
+
+
 def status_of(cluster: Cluster, namespace: str, name: str) -> JSON:
     found = cluster.get(f"{GROUP_PATH}/namespaces/{namespace}/incrementalextractions/{name}")
     return (found or {}).get("status") or {}
@@ -354,7 +361,7 @@ def test_a_retryable_batch_failure_is_retried_and_the_run_succeeds(
     name = f"failed-once-{uuid.uuid4().hex[:8]}"
     marker = cluster.shared / name
     fault = f"columns:1:75:/shared/{name}"
-    patch = {"spec": {"job": {"env": {"METATIDE_FAULT_INJECTION": fault}}}}
+    patch = {"spec": {"job": {"env": fault_env(fault)}}}
     cluster.kubectl("patch", "-n", namespace, "ie/shop", "--type=merge", "-p", json.dumps(patch))
     status = wait_status(
         cluster, namespace, "shop", "the run with a retried batch", succeeded_after(before)
@@ -380,7 +387,7 @@ def test_a_terminal_batch_failure_fails_the_run_readably_and_keeps_the_state(
         read_object(world["bucket"], f"{PREFIX}/shop/marker.txt"),
     )
     world["source"].sql("ALTER TABLE t2 ADD COLUMN f1 int; ALTER TABLE t4 ADD COLUMN f1 int;")
-    patch = {"spec": {"job": {"env": {"METATIDE_FAULT_INJECTION": "columns:0:3"}}}}
+    patch = {"spec": {"job": {"env": fault_env("columns:0:3")}}}
     cluster.kubectl("patch", "-n", namespace, "ie/shop", "--type=merge", "-p", json.dumps(patch))
     status = wait_status(
         cluster, namespace, "shop", "the run to fail", lambda s: condition(s, "Stalled") == "True"
@@ -413,7 +420,7 @@ def test_a_killed_operator_resumes_the_run_once(
     namespace = world["namespace"]
     before = status_of(cluster, namespace, "shop")["lastSuccessfulRun"]["id"]
     world["source"].sql("ALTER TABLE t2 ADD COLUMN k1 int; ALTER TABLE t4 ADD COLUMN k1 int;")
-    patch = {"spec": {"job": {"env": {"METATIDE_FAULT_INJECTION": "columns:*:sleep:8"}}}}
+    patch = {"spec": {"job": {"env": fault_env("columns:*:sleep:8")}}}
     cluster.kubectl("patch", "-n", namespace, "ie/shop", "--type=merge", "-p", json.dumps(patch))
     extracting = wait_status(
         cluster,
@@ -490,7 +497,7 @@ def test_a_schedule_runs_respects_forbid_and_stops_when_suspended(
     cluster: Cluster, world: JSON, operator: str
 ) -> None:
     namespace = world["namespace"]
-    long_plan = {"env": {"METATIDE_FAULT_INJECTION": "plan:*:sleep:62"}}
+    long_plan = {"env": fault_env("plan:*:sleep:62")}
     cluster.apply(resource("sched", world, schedule={"cron": "* * * * *"}, job=long_plan))
     started = wait_status(
         cluster,

@@ -63,7 +63,9 @@ ConfigOption = Annotated[
 ]
 RunIdOption = Annotated[
     str | None,
-    typer.Option("--run-id", help="Run id (printed by plan). Default: METATIDE_RUN_ID."),
+    typer.Option(
+        "--run-id", envvar="METATIDE_RUN_ID", help="Run id (printed by plan).", show_envvar=True
+    ),
 ]
 ForceFullOption = Annotated[
     bool, typer.Option("--force-full", help="Override forceFullExtraction: true for this run.")
@@ -98,7 +100,6 @@ def _load_spec(
 
 
 def _optional_run_id(value: str | None) -> RunId | None:
-    value = value or os.environ.get("METATIDE_RUN_ID")
     return parse_run_id(value) if value else None
 
 
@@ -215,8 +216,15 @@ def columns(
     config: ConfigOption = None,
     run_id: RunIdOption = None,
     batch: Annotated[
-        int | None,
-        typer.Option("--batch", help="Batch index. Default: JOB_COMPLETION_INDEX (Indexed Job)."),
+        # A string, parsed by `_batch_index`: a bad value is a spec error (exit 3), as for
+        # every other malformed input, not click's usage error (exit 2).
+        str | None,
+        typer.Option(
+            "--batch",
+            envvar="JOB_COMPLETION_INDEX",
+            help="Batch index (an Indexed Job sets JOB_COMPLETION_INDEX).",
+            show_envvar=True,
+        ),
     ] = None,
 ) -> None:
     """Phase 2: extract the columns of one batch of tables."""
@@ -235,16 +243,15 @@ def columns(
     _execute(work)
 
 
-def _batch_index(batch: int | None) -> int:
-    if batch is not None:
-        return batch
-    value = os.environ.get("JOB_COMPLETION_INDEX")
+def _batch_index(value: str | None) -> int:
     if value is None:
         raise SpecError("no batch index: pass --batch N or set JOB_COMPLETION_INDEX")
     try:
         return int(value)
     except ValueError:
-        raise SpecError(f"JOB_COMPLETION_INDEX must be an integer, got {value!r}") from None
+        raise SpecError(
+            f"the batch index (--batch or JOB_COMPLETION_INDEX) must be an integer, got {value!r}"
+        ) from None
 
 
 @app.command()

@@ -98,12 +98,3 @@ def scope_reasons(
 
 def _cast(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays([table.column(f.name).cast(f.type) for f in schema], schema=schema)
-
-
-def empty_diff(entity: Entity) -> EntityDiff:
-    """The diff of an entity that did not change."""
-    key_schema = pa.schema([SCHEMAS[entity].field(name) for name in KEY_COLUMNS[entity]])
-    return EntityDiff(
-        changed=SCHEMAS[entity].append(pa.field("change", pa.string())).empty_table(),
-        deleted=key_schema.append(pa.field("reason", pa.string(), nullable=False)).empty_table(),
-    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from metatide.extractor.errors import SpecError, StateCorruptError
+from metatide.extractor.errors import SpecError
 
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 MARKER_KEY = "marker.txt"
@@ -21,19 +21,6 @@ MARKER_KEY = "marker.txt"
 def format_marker(moment: datetime, fmt: str = ISO_FORMAT) -> str:
     """A marker as text; seconds precision like the seed's marker.txt."""
     return moment.astimezone(UTC).strftime(fmt)
-
-
-def parse_marker(text: str, fmt: str = ISO_FORMAT) -> datetime:
-    """Parse a marker as marker.txt holds it (for its consumers: metatide itself reads the
-    marker from the manifest, never from marker.txt); a bad one is corruption."""
-    try:
-        return datetime.strptime(text.strip(), fmt).replace(tzinfo=UTC)
-    except ValueError as exc:
-        raise StateCorruptError(
-            f"marker text {text.strip()!r} does not match marker.format {fmt!r}; metatide keeps "
-            "its marker in current-state/_manifest.json and rewrites marker.txt from it after "
-            "every commit"
-        ) from exc
 
 
 def default_marker(text: str, fmt: str) -> datetime:

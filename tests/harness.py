@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,12 @@ from metatide.extractor.changes import (
     sorted_records,
     stable_column_ids,
 )
+from metatide.extractor.diff import EntityDiff
+from metatide.extractor.errors import StateCorruptError
 from metatide.extractor.history import kept, reasons_between
 from metatide.extractor.ids import ENTITIES, Entity, RunId
 from metatide.extractor.layers import read_state
+from metatide.extractor.marker import ISO_FORMAT
 from metatide.extractor.phases.run import run
 from metatide.extractor.records import KEY_COLUMNS, SCHEMAS, conform, table_to_keys
 from metatide.extractor.runfiles import changes_key, diff_key
@@ -205,3 +209,25 @@ async def source_snapshot(spec: ExtractionSpec) -> State:
         "table": sort_by_key("table", conform(tables.filter(present), SCHEMAS["table"])),
         "column": sort_by_key("column", conform(found.columns, SCHEMAS["column"])),
     }
+
+
+def empty_diff(entity: Entity) -> EntityDiff:
+    """The diff of an entity that did not change: the shapes every published diff file has."""
+    key_schema = pa.schema([SCHEMAS[entity].field(name) for name in KEY_COLUMNS[entity]])
+    return EntityDiff(
+        changed=SCHEMAS[entity].append(pa.field("change", pa.string())).empty_table(),
+        deleted=key_schema.append(pa.field("reason", pa.string(), nullable=False)).empty_table(),
+    )
+
+
+def parse_marker(text: str, fmt: str = ISO_FORMAT) -> datetime:
+    """Read marker.txt as its consumers do (metatide itself reads the marker from the manifest,
+    never from marker.txt); a bad one is corruption. Checks that `format_marker` round-trips."""
+    try:
+        return datetime.strptime(text.strip(), fmt).replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise StateCorruptError(
+            f"marker text {text.strip()!r} does not match marker.format {fmt!r}; metatide keeps "
+            "its marker in current-state/_manifest.json and rewrites marker.txt from it after "
+            "every commit"
+        ) from exc

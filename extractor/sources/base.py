@@ -96,6 +96,23 @@ class Source(Protocol):
         ...
 
 
+class ClosingSource:
+    """The end of `async with` that every adapter shares: leaving the block, whether it ended
+    normally or by an exception, awaits `close`, which releases the adapter's connections."""
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Release every connection the adapter opened (it may be entered again later)."""
+        raise NotImplementedError
+
+
 def reveals_secret(exc: BaseException, secrets: Iterable[str]) -> bool:
     """Whether a driver error, or one it was raised from, shows one of the secrets.
 

@@ -61,7 +61,6 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
 from typing import Any, Final, Self
 from urllib.parse import quote, unquote, urlsplit
 
@@ -83,6 +82,7 @@ from metatide.extractor.scope import Scope
 from metatide.extractor.sources.base import (
     FINGERPRINT_HEX_DIGITS,
     Capabilities,
+    ClosingSource,
     ColumnsResult,
     reveals_secret,
     scrub,
@@ -271,7 +271,7 @@ class _Target:
         return f"MySQL at {self.host}:{self.port} (user {self.user!r})"
 
 
-class MysqlSource:
+class MysqlSource(ClosingSource):
     """A `Source` over one MySQL or MariaDB server (its databases are schemas of 'default')."""
 
     capabilities = Capabilities(ddl_time=True, creation_time=False, fingerprint=True)
@@ -295,12 +295,7 @@ class MysqlSource:
         self._ssl = _tls_context(self._spec.tls)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
             await _close(connection)

@@ -54,7 +54,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -72,7 +71,13 @@ from metatide.extractor.errors import (
 from metatide.extractor.ids import TableKey
 from metatide.extractor.records import COLUMN_SCHEMA, TABLE_SCHEMA, rows_to_table
 from metatide.extractor.scope import Scope
-from metatide.extractor.sources.base import Capabilities, ColumnsResult, reveals_secret, scrub
+from metatide.extractor.sources.base import (
+    Capabilities,
+    ClosingSource,
+    ColumnsResult,
+    reveals_secret,
+    scrub,
+)
 from metatide.extractor.spec import PostgresSourceSpec
 
 _IDLE_CONNECTIONS: Final = 4
@@ -292,7 +297,7 @@ class _Target:
         return f"PostgreSQL at {self.hosts}, database {name!r}{user}"
 
 
-class PostgresSource:
+class PostgresSource(ClosingSource):
     """A `Source` over one PostgreSQL server (one or many databases)."""
 
     capabilities = Capabilities(ddl_time=False, creation_time=False, fingerprint=True)
@@ -314,12 +319,7 @@ class PostgresSource:
             self._password = self._spec.password_from.resolve("the source password")
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         connections = list(self._open.values())
         self._open.clear()
         self._dsn = self._password = self._home = None

@@ -14,6 +14,14 @@ the highest rowid), and VACUUM may renumber them: `changes` accepts a rename onl
 columns agree, and a renumbered table is reported UPDATED (its id changed) once. Views have
 no id (a renamed view is a drop and a create), and a column's position is not an identity
 here (DROP COLUMN shifts the later ones), so column renames are a drop and a create.
+
+Why SQLAlchemy for a file the standard library's `sqlite3` could read: this module is the
+template for sources that reach a database through a SQLAlchemy dialect (Oracle, SQL Server,
+Snowflake...), which have no asyncio driver of their own. It shows the shape such a source
+takes: a read-only `Engine` without a pool, each call on its own connection in a worker
+thread, queries as `sa.text` with bound parameters, and the one driver-error translation
+(`sa.exc.OperationalError` to `SourceUnavailableError`) in `_run`. Replacing it with
+`sqlite3` is a local change; then SQLAlchemy leaves the dependencies with it.
 """
 
 from __future__ import annotations
@@ -25,7 +33,6 @@ import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import pyarrow as pa
@@ -36,7 +43,12 @@ from metatide.extractor.errors import SourceUnavailableError
 from metatide.extractor.ids import TableKey
 from metatide.extractor.records import rows_to_table
 from metatide.extractor.scope import Scope
-from metatide.extractor.sources.base import FINGERPRINT_HEX_DIGITS, Capabilities, ColumnsResult
+from metatide.extractor.sources.base import (
+    FINGERPRINT_HEX_DIGITS,
+    Capabilities,
+    ClosingSource,
+    ColumnsResult,
+)
 from metatide.extractor.spec import SqliteSourceSpec
 
 T = TypeVar("T")
@@ -56,7 +68,7 @@ _EXISTS = sa.text("SELECT type, sql FROM sqlite_master WHERE name = :table")
 _CLOCK = sa.text("SELECT strftime('%Y-%m-%dT%H:%M:%f', 'now')")
 
 
-class SqliteSource:
+class SqliteSource(ClosingSource):
     """A `Source` over one SQLite file."""
 
     capabilities = Capabilities(ddl_time=False, creation_time=False, fingerprint=True)
@@ -78,12 +90,7 @@ class SqliteSource:
         self._engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
 

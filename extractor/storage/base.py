@@ -1,4 +1,10 @@
-"""The `Store` seam: the five operations every phase needs from an object store.
+"""The `Store` seam: what every phase needs from an object store.
+
+Eight operations and a `location` for messages: reads (`get`, `list`), plain writes (`put`,
+and `put_file` for large Parquet and JSON-lines files finalize publishes without copying them
+into memory), the two conditional writes below, idempotent `delete`, and `local_path`, which
+lets a reader open a file of a store on this filesystem in place instead of downloading it
+(the local-directory store answers; object stores return None).
 
 Phases talk to each other only through a store (plan writes the scope, columns writes batch
 files, finalize reads both and commits), so this protocol is the whole contract between them

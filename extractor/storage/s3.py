@@ -12,10 +12,12 @@ single-part PutObject:
 
 The SDK's public ``put_object`` turns unknown headers into ``x-amz-meta-*`` user metadata, so
 conditional writes go through ``Minio._put_object`` (the SDK's own single PutObject call, which
-takes raw headers). Before its first conditional write a store checks once that the server
-honours both headers (a probe key written twice, then a stale ETag). A server that ignores them
-gets a logged warning and a racy fallback: a HEAD followed by an unconditional PUT, which two
-writers at the same instant can both pass. MinIO and AWS S3 (since 2024) honour both.
+takes raw headers). minio 7.2 has no public call for it, so pyproject pins minio below 7.3 and
+tests/unit/test_s3_sdk.py fails if the private call changes shape. Before its first conditional
+write a store checks once that the server honours both headers (a probe key written twice,
+then a stale ETag). A server that ignores them gets a logged warning and a racy fallback: a
+HEAD followed by an unconditional PUT, which two writers at the same instant can both pass.
+MinIO and AWS S3 (since 2024) honour both.
 Conditional writes use their own connection pool without keep-alive: MinIO closes the
 connection after a 412 without saying so, and reusing it races the server's FIN.
 

@@ -12,9 +12,9 @@ from metatide.extractor.marker import (
     default_marker,
     effective_marker,
     format_marker,
-    parse_marker,
     truncate_to_seconds,
 )
+from tests.harness import parse_marker
 
 MOMENT = datetime(2024, 2, 29, 23, 59, 58, tzinfo=UTC)
 

@@ -11,7 +11,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from metatide.extractor.diff import column_reasons, empty_diff, entity_diff, scope_reasons
+from metatide.extractor.diff import column_reasons, entity_diff, scope_reasons
 from metatide.extractor.duck import connect
 from metatide.extractor.ids import ENTITIES, Entity
 from metatide.extractor.layers import DELTA_TABLE_SCHEMA, create_logical_views
@@ -20,6 +20,7 @@ from metatide.extractor.records import TABLE_SCHEMA, rows_to_table
 from metatide.extractor.runfiles import BATCH_SCHEMA, DELETED_TABLE_SCHEMA, PLANNED_TABLE_SCHEMA
 from metatide.extractor.scope import Scope
 from metatide.extractor.spec import DuckDBSpec, ScopeSpec
+from tests.harness import empty_diff
 
 WHEN = datetime(2025, 1, 1, tzinfo=UTC)
 
