@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
@@ -62,6 +61,7 @@ from metatide.extractor.phases.run import run
 from metatide.extractor.records import COLUMN_SCHEMA, DATABASE_SCHEMA, SCHEMA_SCHEMA, TABLE_SCHEMA
 from metatide.extractor.scope import Scope
 from metatide.extractor.sources import ColumnsResult
+from metatide.extractor.sources.base import ClosingSource
 from metatide.extractor.spec import ExtractionSpec, parse_spec
 from metatide.extractor.state import read_committed
 from metatide.extractor.storage import LocalStore
@@ -204,8 +204,8 @@ def fingerprint(index: int, version: int) -> str:
     return hashlib.sha256(f"{index}:{version}".encode()).hexdigest()
 
 
-class SyntheticSource:
-    """An in-memory `Source`: the catalog, with `changed` tables at version 1."""
+class SyntheticSource(ClosingSource):
+    """An in-memory `Source`: the catalog, with `changed` tables at version 1 (nothing to close)."""
 
     def __init__(self, catalog: Catalog, changed: frozenset[int] = frozenset()) -> None:
         self._catalog = catalog
@@ -214,12 +214,7 @@ class SyntheticSource:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         return None
 
     async def clock(self) -> datetime:
