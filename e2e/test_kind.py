@@ -1,9 +1,10 @@
 """The kind run (e2e/kind/run.sh) as a test, for hosts with a Docker engine.
 
-This is the one test of the suite that may skip: kind needs a Docker engine, and the machines
-without one run the same operator paths against the local control plane instead. The skip
-reason is printed at the end of every run (see conftest.pytest_terminal_summary). A host that
-has an engine but lacks kind, kubectl or helm fails: that is a broken setup, not a skip.
+This is the one test of the suite that may skip: kind needs a Docker engine and its node image
+from a container registry, and the machines without them run the same operator paths against
+the local control plane instead. The skip reason is printed at the end of every run (see
+conftest.pytest_terminal_summary). A host that has an engine but lacks kind, kubectl or helm
+fails: that is a broken setup, not a skip.
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ def test_kind_script_installs_the_chart_and_runs_the_example_extraction() -> Non
     problem = docker_engine_problem()
     if problem:
         pytest.skip(
-            f"{problem}; kind needs one. Run e2e/kind/run.sh on a Docker host "
-            "(CI: .github/workflows/kind.yml)"
+            f"{problem}; kind needs one, and its node image (kindest/node), which only a "
+            "container registry serves. Run e2e/kind/run.sh on a Docker host that reaches a "
+            "registry (CI: .github/workflows/kind.yml); here the same operator paths run on "
+            "the local control plane and node"
         )
     missing = [tool for tool in ("kind", "kubectl", "helm") if shutil.which(tool) is None]
     assert not missing, (
