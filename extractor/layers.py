@@ -15,24 +15,14 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from metatide.extractor import duck
-from metatide.extractor.ids import ENTITIES, Entity
+from metatide.extractor.ids import Entity
 from metatide.extractor.manifest import FileRef
 from metatide.extractor.records import (
     COLUMN_SCHEMA,
-    SCHEMAS,
     TABLE_KEY_COLUMNS,
     TABLE_SCHEMA,
     conform,
 )
-from metatide.extractor.spec import DuckDBSpec
-from metatide.extractor.state import (
-    fetch_verified,
-    read_committed,
-    read_parquet_files,
-    sort_by_key,
-)
-from metatide.extractor.storage import Store
 
 TABLE_KEYS = ", ".join(TABLE_KEY_COLUMNS)
 
@@ -136,32 +126,3 @@ def load_previous(
     register_previous(connection, "table", tables)
     register_previous(connection, "column", columns)
     create_logical_views(connection)
-
-
-async def read_state(
-    store: Store, workdir: Path, duckdb_spec: DuckDBSpec
-) -> dict[Entity, pa.Table]:
-    """The whole committed state, resolved and sorted (tests and consumers)."""
-    committed = await read_committed(store)
-    if committed is None:
-        return {entity: SCHEMAS[entity].empty_table() for entity in ENTITIES}
-    files = committed.manifest.files
-    state: dict[Entity, pa.Table] = {}
-    small: tuple[Entity, ...] = ("database", "schema")
-    for entity in small:
-        paths = await fetch_verified(store, files[entity], workdir)
-        state[entity] = sort_by_key(entity, read_parquet_files(paths, entity))
-    tables = list(
-        zip(files["table"], await fetch_verified(store, files["table"], workdir), strict=True)
-    )
-    columns = list(
-        zip(files["column"], await fetch_verified(store, files["column"], workdir), strict=True)
-    )
-    connection = duck.connect(duckdb_spec)
-    try:
-        load_previous(connection, tables, columns)
-        state["table"] = sort_by_key("table", logical_rows(connection, "table"))
-        state["column"] = sort_by_key("column", logical_rows(connection, "column"))
-    finally:
-        connection.close()
-    return state

@@ -29,15 +29,15 @@ from metatide.extractor.diff import EntityDiff
 from metatide.extractor.errors import StateCorruptError
 from metatide.extractor.history import kept, reasons_between
 from metatide.extractor.ids import ENTITIES, Entity, RunId
-from metatide.extractor.layers import read_state
+from metatide.extractor.layers import load_previous, logical_rows
 from metatide.extractor.marker import ISO_FORMAT
 from metatide.extractor.phases.run import run
 from metatide.extractor.records import KEY_COLUMNS, SCHEMAS, conform, table_to_keys
 from metatide.extractor.runfiles import changes_key, diff_key
 from metatide.extractor.scope import Scope
 from metatide.extractor.sources import open_source
-from metatide.extractor.spec import ExtractionSpec, parse_spec
-from metatide.extractor.state import sort_by_key
+from metatide.extractor.spec import DuckDBSpec, ExtractionSpec, parse_spec
+from metatide.extractor.state import fetch_verified, read_committed, read_parquet_files, sort_by_key
 from metatide.extractor.storage import KeyNotFoundError, Store, open_store
 
 State = dict[Entity, pa.Table]
@@ -74,6 +74,35 @@ async def run_pipeline(spec: ExtractionSpec, workdir: Path, **options: Any) -> d
 async def committed_state(spec: ExtractionSpec, workdir: Path) -> State:
     workdir.mkdir(parents=True, exist_ok=True)
     return await read_state(open_store(spec), workdir, spec.duckdb)
+
+
+async def read_state(
+    store: Store, workdir: Path, duckdb_spec: DuckDBSpec
+) -> dict[Entity, pa.Table]:
+    """The whole committed state, resolved and sorted."""
+    committed = await read_committed(store)
+    if committed is None:
+        return {entity: SCHEMAS[entity].empty_table() for entity in ENTITIES}
+    files = committed.manifest.files
+    state: dict[Entity, pa.Table] = {}
+    small: tuple[Entity, ...] = ("database", "schema")
+    for entity in small:
+        paths = await fetch_verified(store, files[entity], workdir)
+        state[entity] = sort_by_key(entity, read_parquet_files(paths, entity))
+    tables = list(
+        zip(files["table"], await fetch_verified(store, files["table"], workdir), strict=True)
+    )
+    columns = list(
+        zip(files["column"], await fetch_verified(store, files["column"], workdir), strict=True)
+    )
+    connection = duck.connect(duckdb_spec)
+    try:
+        load_previous(connection, tables, columns)
+        state["table"] = sort_by_key("table", logical_rows(connection, "table"))
+        state["column"] = sort_by_key("column", logical_rows(connection, "column"))
+    finally:
+        connection.close()
+    return state
 
 
 async def full_state(spec: ExtractionSpec, store_url: str, workdir: Path) -> State:
