@@ -270,9 +270,13 @@ class CurrentRun(_Status):
         "metatide.dev/run-requested-at annotation)."
     )
     generation: int = Field(description="metadata.generation the run was started for.")
-    image: str = Field(description="Image of the run's Jobs (fixed for the whole run).")
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
-        description="Pull policy of the run's Job containers."
+    image: str | None = Field(
+        default=None,
+        description="Image of the run's Jobs, fixed at its start (unset in runs an older "
+        "operator started: the current default applies).",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Pull policy of the run's Job containers."
     )
     take_over_from: str | None = Field(
         default=None, description="Id of a failed run whose lease this run's plan takes over."
