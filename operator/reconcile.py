@@ -94,11 +94,13 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A Kubernetes Event to post on the resource."""
+    """A Kubernetes Event to post on the resource (or, with `post` False, only to log: a
+    phase change, which the status shows, is not worth an API write per run)."""
 
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
+    post: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +241,7 @@ def _after_plan(
 
 
 def _next_phase(current: CurrentRun, phase: RunPhase, decision: Decision) -> CurrentRun:
-    decision.events.append(Event("Normal", phase, f"run {current.id}: {phase.lower()}"))
+    decision.events.append(Event("Normal", phase, f"run {current.id}: {phase.lower()}", post=False))
     return current.model_copy(update={"phase": phase, "blocked": None})
 
 
