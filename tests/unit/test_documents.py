@@ -1,7 +1,8 @@
 """The typed contract between the engine and the operator, checked from both ends.
 
 tests/fixtures/documents/ holds the wire format as it is today: a plan result line, a finalize
-result line and its summary.json, from a real run, and a status as the operator writes it.
+result line and its summary.json, from a real run, a status as the operator writes it, and a
+lease.json as the phases write it.
 The models must read them and write them back byte for byte, so renaming, dropping or adding
 a field in a model fails here (a deliberate change of the format regenerates the fixtures and
 says so in its commit). A real run on SQLite, phase by phase through the CLI, must produce
@@ -28,6 +29,7 @@ from metatide.extractor.documents import (
     PlanResult,
     RunSummary,
 )
+from metatide.extractor.lease import LeaseDocument
 from metatide.operator import crd
 from metatide.operator.jobs import JobDefaults
 from metatide.operator.model import IncrementalExtractionSpec
@@ -67,6 +69,15 @@ def test_summary_json_reads_and_writes_back_unchanged() -> None:
 def test_the_status_reads_and_writes_back_unchanged() -> None:
     document = json.loads((FIXTURES / "status.json").read_text())
     assert ExtractionStatus.model_validate(document).to_dict() == document
+
+
+def test_lease_json_reads_and_writes_back_unchanged() -> None:
+    """Every phase of a run reads the lease another phase wrote: a renamed field would make
+    the holder's lease unreadable, which `parse` treats as free."""
+    data = (FIXTURES / "lease.json").read_bytes()
+    lease = LeaseDocument.parse(data)
+    assert lease is not None
+    assert lease.to_bytes() == data
 
 
 @pytest.mark.parametrize(
