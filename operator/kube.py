@@ -174,13 +174,20 @@ def owner_of(job: JSON) -> str | None:
 class Kube:
     """The few API calls the operator makes, as plain JSON, with errors mapped once."""
 
-    def __init__(self, api: client.ApiClient | None = None) -> None:
+    def __init__(self, api: client.ApiClient | None = None, connections: int = 0) -> None:
+        """`connections`: requests made at the same time (the controller's workers); the
+        pool keeps at least that many connections open, else each request over the default
+        size (5 per CPU) would open a new TLS connection and throw it away."""
         if api is None:
             try:
                 config.load_incluster_config()  # type: ignore[no-untyped-call]
             except config.ConfigException:
                 config.load_kube_config()  # type: ignore[no-untyped-call]
-            api = client.ApiClient()
+            configuration = client.Configuration.get_default_copy()
+            configuration.connection_pool_maxsize = max(
+                configuration.connection_pool_maxsize, connections
+            )
+            api = client.ApiClient(configuration)
         self._api = api
         self._host = socket.gethostname()
 

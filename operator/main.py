@@ -91,7 +91,7 @@ def _report_exit(task: asyncio.Task[None], stop: threading.Event) -> None:
 def run(namespaces: list[str], endpoints: Endpoints, settings: ControllerSettings) -> None:
     """Run the operator until it is stopped (SIGTERM/SIGINT)."""
     metrics.serve(endpoints.metrics_port, endpoints.metrics_address)
-    controller = Controller(Kube(), settings)
+    controller = Controller(Kube(connections=settings.workers + 1), settings)
     stop = threading.Event()
     asyncio.run(
         kopf.operator(

@@ -13,9 +13,11 @@ import copy
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.config import kube_config
 
 from metatide.extractor.documents import ExtractionStatus
 from metatide.operator.controller import Controller, ControllerSettings
@@ -372,3 +374,23 @@ def test_an_echo_of_the_controllers_own_write_is_not_reconciled_again(api: Recor
     echo = json.loads(json.dumps(api.stored))
     ctl.resource_event("MODIFIED", echo)
     assert len(ctl.queue) == 0
+
+
+def test_the_connection_pool_holds_a_connection_per_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More workers than the client's default pool (5 per CPU) would open and throw away a
+    TLS connection per request (bench/README.md: "Connection pool is full")."""
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    (tmp_path / "config").write_text(json.dumps(kubeconfig))
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "config"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    pool = Kube(connections=257)._api.rest_client.pool_manager
+    assert pool.connection_pool_kw["maxsize"] == 257
