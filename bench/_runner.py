@@ -58,10 +58,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.mode == "imports":
             return {}
         if args.mode == "run":
-            return await run(spec, store, args.workdir)
+            return (await run(spec, store, args.workdir)).to_dict()
         if not args.run_id:
             raise SystemExit("--run-id is required for mode finalize")
-        return await finalize(spec, store, args.workdir, parse_run_id(args.run_id))
+        summary = await finalize(spec, store, args.workdir, parse_run_id(args.run_id))
+        return summary.to_dict()
 
     profiler = None
     if args.profile is not None:

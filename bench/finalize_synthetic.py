@@ -335,10 +335,10 @@ def ensure_cache(params: Params, catalog: Catalog, rebuild: bool) -> tuple[Path,
     state_bytes, state_files = manifest_state_bytes(connection_root(spec, store_dir))
     info = {
         "build_seconds": time.perf_counter() - started,
-        "build_durations": summary.get("durations_seconds"),
+        "build_durations": summary.durations_seconds,
         "state_bytes": state_bytes,
         "state_files": state_files,
-        "state_rows": summary.get("state_rows"),
+        "state_rows": summary.state_rows,
     }
     (folder / "build.json").write_text(json.dumps(info, indent=1))
     print(

@@ -37,15 +37,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 _SKIPPED: list[str] = []
 _IMAGE: list[str] = []
+_LATENCY: list[str] = []
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Remembers why the kind test skipped, so the reason is printed even without ``-rs``,
-    and the image line test_image records."""
+    the image line test_image records and the latencies the operator tests measure."""
     if report.skipped and "kind" in report.keywords and isinstance(report.longrepr, tuple):
         _SKIPPED.append(f"{report.nodeid}: {report.longrepr[2].removeprefix('Skipped: ')}")
     if report.when == "call":
         _IMAGE.extend(str(value) for name, value in report.user_properties if name == "image")
+        _LATENCY.extend(str(value) for name, value in report.user_properties if name == "latency")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -56,6 +58,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _IMAGE:
         terminalreporter.section("image")
         for line in _IMAGE:
+            terminalreporter.write_line(line)
+    if _LATENCY:
+        terminalreporter.section("operator latency (README steps)")
+        for line in _LATENCY:
             terminalreporter.write_line(line)
 
 

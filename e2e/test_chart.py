@@ -39,13 +39,12 @@ def _rules(*grants: tuple[str, str, str]) -> set[Rule]:
 
 
 NAMESPACED_RULES = _rules(
-    ("metatide.dev", "incrementalextractions", "get list watch patch update"),
-    ("metatide.dev", "incrementalextractions/status", "get patch update"),
-    ("", "events", "create patch"),
-    ("batch", "jobs", "create get list watch delete patch"),
-    ("", "configmaps", "create get list watch delete"),
-    ("", "pods", "get list watch"),
-    ("", "pods/log", "get"),
+    ("metatide.dev", "incrementalextractions", "get list watch patch"),
+    ("metatide.dev", "incrementalextractions/status", "patch"),
+    ("", "events", "create list"),
+    ("batch", "jobs", "create get list watch delete"),
+    ("", "configmaps", "create get"),
+    ("", "pods", "list"),
 )
 CRD_RULES = _rules(("apiextensions.k8s.io", "customresourcedefinitions", "get list watch"))
 NAMESPACE_OBSERVER_RULES = _rules(("", "namespaces", "list watch"))
@@ -109,7 +108,24 @@ def default_render(helm: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def namespaced_render(helm: Path) -> list[dict[str, Any]]:
-    return render(helm, "watchNamespaces={shop,sales}")
+    return render(helm, "watchNamespaces={shop,sales}", "jobServiceAccount.create=true")
+
+
+def test_the_job_image_follows_the_chart_image(helm: Path) -> None:
+    values = ("image.repository=registry.example/metatide", "image.tag=2.0.0")
+    deployment = one(render(helm, *values, "image.pullPolicy=Always"), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["METATIDE_JOB_IMAGE"] == "registry.example/metatide:2.0.0"
+    assert env["METATIDE_JOB_IMAGE_PULL_POLICY"] == "Always"
+
+
+def test_by_default_no_job_service_account_is_needed(
+    default_render: list[dict[str, Any]],
+) -> None:
+    # Job pods run as their namespace's default ServiceAccount unless a resource names one.
+    names = {sa["metadata"]["name"] for sa in of_kind(default_render, "ServiceAccount")}
+    assert names == {RELEASE}
 
 
 @pytest.mark.parametrize(
@@ -141,6 +157,10 @@ def test_deployment_runs_the_operator_hardened(default_render: list[dict[str, An
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["METATIDE_LOG_FORMAT"] == "json"
     assert env["TMPDIR"] == "/tmp"
+    # Phase Jobs run the chart's image unless a resource names one: helm upgrade upgrades both.
+    assert env["METATIDE_JOB_IMAGE"] == container["image"]
+    assert env["METATIDE_JOB_IMAGE_PULL_POLICY"] == container["imagePullPolicy"]
+    assert "--resync-seconds=300" in container["args"]
     mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]]
@@ -207,14 +227,10 @@ def test_no_wildcards(mode: str, request: pytest.FixtureRequest) -> None:
                 assert "*" not in rule[key], (role["metadata"], rule)
 
 
-@pytest.mark.parametrize(
-    ("mode", "namespaces"),
-    [("default_render", {NAMESPACE}), ("namespaced_render", {NAMESPACE, "shop", "sales"})],
-)
 def test_job_service_account_has_no_token_and_no_rbac(
-    mode: str, namespaces: set[str], request: pytest.FixtureRequest
+    namespaced_render: list[dict[str, Any]],
 ) -> None:
-    documents = request.getfixturevalue(mode)
+    documents, namespaces = namespaced_render, {NAMESPACE, "shop", "sales"}
     job_accounts = [
         sa
         for sa in of_kind(documents, "ServiceAccount")

@@ -1,6 +1,8 @@
 """The operator end to end: Helm-installed, under its own ServiceAccount, on the real API server.
 
-The chart is installed with `helm install`; the node's kubelet runs the operator pod and every
+The chart is installed exactly as the README says (`helm install` with default values: all
+namespaces watched, the chart's image for the operator and for every phase Job, which the
+node knows under the chart's default name); the node's kubelet runs the operator pod and every
 phase Job pod from the metatide image (built from the Dockerfile by `e2e/cluster up`) under
 containerd and runc, as the chart and the operator shape them: user 10001, read-only root, an
 emptyDir at /tmp, no capabilities, the projected ServiceAccount token (RBAC applies for real),
@@ -12,9 +14,12 @@ the real MinIO that .ci/run starts on the host's loopback; pods reach them at th
 
 from __future__ import annotations
 
+import copy
 import io
 import json
+import shlex
 import subprocess
+import threading
 import time
 import urllib.request
 import uuid
@@ -24,6 +29,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from localkube.testkit import Cluster, wait_for
 
 from metatide.extractor import faults
@@ -49,7 +55,10 @@ from tests.services import (
 JSON = dict[str, Any]
 REPO = Path(__file__).resolve().parents[1]
 RELEASE = "metatide"
-RELEASE_NAMESPACE = "metatide-system"
+RELEASE_NAMESPACE = "metatide"
+HELM_INSTALL = "helm install metatide charts/metatide -n metatide --create-namespace"
+"""The README's install command, run as written (a test checks the README still says it)."""
+CHART_IMAGE = "ghcr.io/metatide/metatide:0.1.0"
 PREFIX = "persistent-artifacts/apps/e2e/connection"
 GROUP_PATH = "/apis/metatide.dev/v1alpha1"
 
@@ -57,29 +66,29 @@ GROUP_PATH = "/apis/metatide.dev/v1alpha1"
 METRICS_PORT = 8080  # the chart's default: each pod has its own network namespace
 
 
+def helm(cluster: Cluster, command: str) -> str:
+    """A `helm ...` command line run from the repository root with the built helm."""
+    args = shlex.split(command)
+    assert args[0] == "helm"
+    done = subprocess.run(
+        [str(cluster.helm_bin), *args[1:]],
+        cwd=REPO,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"{command} failed:\n{done.stdout}{done.stderr}"
+    return done.stdout
+
+
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster) -> Iterator[str]:
-    """The chart, installed with Helm; yields the operator's namespace."""
-    cluster.kubectl("create", "namespace", RELEASE_NAMESPACE, check=False)
-    values = {
-        "image.repository": "metatide",
-        "image.tag": "e2e",
-        "image.pullPolicy": "Never",
-        "operator.logFormat": "console",
-    }
-    settings = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
-    helm = [
-        str(cluster.helm_bin),
-        "upgrade",
-        "--install",
-        RELEASE,
-        str(REPO / "charts/metatide"),
-        "-n",
-        RELEASE_NAMESPACE,
-        *settings,
-    ]
-    done = subprocess.run(helm, env=cluster.env, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
+    """The chart, installed with the README's command; yields the operator's namespace."""
+    if RELEASE in helm(cluster, f"helm list -q -n {RELEASE_NAMESPACE}").split():
+        helm(cluster, f"helm uninstall {RELEASE} -n {RELEASE_NAMESPACE}")  # an aborted run's
+    helm(cluster, HELM_INSTALL)
     wait_for("the operator pod to run", lambda: running_operator(cluster), timeout=120)
     yield RELEASE_NAMESPACE
     subprocess.run(
@@ -112,7 +121,8 @@ class Source:
 
 @pytest.fixture(scope="module")
 def world(cluster: Cluster, operator: str) -> Iterator[JSON]:
-    """A namespace with the Secret and Job ServiceAccount, a database and a bucket.
+    """A namespace with the Secret, a database and a bucket (Job pods run as the namespace's
+    default ServiceAccount).
 
     Its pods get the harness's shared folder at /shared (for faults injected once).
     """
@@ -138,12 +148,6 @@ def world(cluster: Cluster, operator: str) -> Iterator[JSON]:
                 "access": s3.access_key,
                 "secret": s3.secret_key,
             },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": "metatide-job", "namespace": namespace},
-            "automountServiceAccountToken": False,
         },
     )
     yield {
@@ -184,7 +188,7 @@ def resource(name: str, world: JSON, **spec: Any) -> JSON:
             },
         },
         "columns": {"batchSize": 1, "parallelism": 2},
-        "job": {"image": "metatide:e2e", "imagePullPolicy": "Never", "backoffLimitPerIndex": 2},
+        "job": {"backoffLimitPerIndex": 2},  # the chart's image, the default ServiceAccount
     }
     for key, value in spec.items():
         body[key] = {**body.get(key, {}), **value} if isinstance(value, dict) else value
@@ -320,6 +324,10 @@ def test_first_run_goes_reconciling_then_ready_and_commits_state(
     marker = read_object(world["bucket"], f"{PREFIX}/shop/marker.txt").decode()
     assert manifest["run_id"] == status["lastSuccessfulRun"]["id"]
     assert marker.endswith("Z")
+    for job in jobs_of_run(cluster, world["namespace"], manifest["run_id"]):
+        pod = job["spec"]["template"]["spec"]
+        assert pod["containers"][0]["image"] == CHART_IMAGE  # the chart's image by default
+        assert "serviceAccountName" not in pod or pod["serviceAccountName"] == "default"
     table = cluster.kubectl("get", "ie", "-n", world["namespace"])
     assert "Succeeded" in table.splitlines()[1]
     header = table.splitlines()[0].split()
@@ -655,3 +663,247 @@ def test_deleting_a_resource_removes_its_jobs_and_config_maps(
     assert leftovers() > 0
     cluster.kubectl("delete", "ie", "shop", "-n", namespace, "--wait=true", timeout=120)
     wait_for("the run objects to be collected", lambda: leftovers() == 0 or None, timeout=120)
+
+
+# -- the README's steps, as a new user follows them --------------------------------------
+
+
+def readme_kubernetes_commands() -> list[str]:
+    """The command lines of the README's first Kubernetes code block."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## On Kubernetes") :]
+    block = section[
+        section.index("```sh") + len("```sh") : section.index("```", section.index("```sh") + 5)
+    ]
+    return [line.split("  #")[0].strip() for line in block.strip().splitlines()]
+
+
+class JobClock:
+    """Polls a namespace's Jobs (every 0.1 s, in a thread) and notes when each was first seen
+    and first seen finished: trigger -> Job and Job done -> next Job, to within ~0.1 s."""
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        self.cluster, self.namespace = cluster, namespace
+        self.created: dict[str, float] = {}
+        self.finished: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> JobClock:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            listed = self.cluster.api.get(f"/apis/batch/v1/namespaces/{self.namespace}/jobs")
+            now = time.monotonic()
+            for job in listed["items"]:
+                phase = job["metadata"]["labels"].get("metatide.dev/phase", "?")
+                self.created.setdefault(phase, now)
+                conditions = (job.get("status") or {}).get("conditions") or []
+                if any(c["type"] == "Complete" and c["status"] == "True" for c in conditions):
+                    self.finished.setdefault(phase, now)
+            self._stop.wait(0.1)
+
+
+def test_the_readme_steps_work_as_written(
+    cluster: Cluster, operator: str, request: pytest.FixtureRequest
+) -> None:
+    commands = readme_kubernetes_commands()
+    assert commands[:6] == [
+        HELM_INSTALL,  # run as written by the `operator` fixture
+        "kubectl create namespace shop",
+        "kubectl -n shop create secret generic shop-db "
+        "--from-literal=dsn='postgresql://reader:...@db:5432/shop'",
+        "kubectl -n shop create secret generic shop-metadata-s3 "
+        "--from-literal=accessKey=... --from-literal=secretKey=...",
+        "kubectl -n shop apply -f examples/incrementalextraction.yaml",
+        "kubectl -n shop annotate --overwrite ie/shop "
+        'metatide.dev/run-requested-at="$(date -u +%FT%TZ)"',
+    ]
+    require_postgres()
+    require_s3()
+    if cluster.get("/api/v1/namespaces/shop") is not None:  # left by an aborted run
+        cluster.delete_namespace("shop")
+        wait_for(
+            "namespace shop to go", lambda: cluster.get("/api/v1/namespaces/shop") is None, 180
+        )
+    database = f"metatide_readme_{uuid.uuid4().hex[:8]}"
+    dsn = create_database(database)
+    execute_sql(
+        dsn,
+        "CREATE TABLE orders (id int PRIMARY KEY, total numeric);"
+        "CREATE VIEW big AS SELECT id FROM orders;",
+    )
+    bucket = fresh_bucket("readme")
+    s3 = s3_settings()
+    try:
+        # The values a user puts in: their database's DSN and their bucket's keys ...
+        secrets = {
+            "postgresql://reader:...@db:5432/shop": cluster.for_pods(dsn),
+            "accessKey=...": f"accessKey={s3.access_key}",
+            "secretKey=...": f"secretKey={s3.secret_key}",
+        }
+        cluster.kubectl(*shlex.split(commands[1])[1:])
+        for command in commands[2:4]:
+            filled = command
+            for placeholder, value in secrets.items():
+                filled = filled.replace(placeholder, value)
+            cluster.kubectl(*shlex.split(filled)[1:])
+        # ... and the example with their endpoint, bucket and database (nothing else changed).
+        example = yaml.safe_load((REPO / "examples/incrementalextraction.yaml").read_text())
+        edited = copy.deepcopy(example)
+        edited["spec"]["storage"]["endpoint"] = cluster.for_pods(s3.endpoint)
+        edited["spec"]["storage"]["url"] = f"s3://{bucket}/extractions"
+        edited["spec"]["source"]["databases"] = [database]
+        cluster.kubectl("-n", "shop", "apply", "-f", "-", stdin=json.dumps(edited))
+        pending = wait_status(
+            cluster,
+            "shop",
+            "shop",
+            "the operator to see the resource",
+            lambda s: bool(s.get("phase")),
+            30,
+        )
+        assert pending["phase"] == "Pending"  # hourly: no run until then, or until asked
+        assert pending["nextScheduleTime"]
+        with JobClock(cluster, "shop") as clock:
+            requested = time.monotonic()
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            annotate = commands[5].replace('"$(date -u +%FT%TZ)"', stamp)
+            cluster.kubectl(*shlex.split(annotate)[1:])
+            status = wait_status(
+                cluster, "shop", "shop", "the requested run", succeeded_after(None)
+            )
+        assert condition(status, "Ready") == "True"
+        assert status["lastSuccessfulRun"]["createdTables"] == 2
+        assert status["history"][-1]["trigger"] == "manual"
+        described = cluster.kubectl("-n", "shop", "describe", "ie", "shop")
+        assert "RunSucceeded" in described
+        latency = {"annotation -> plan Job": clock.created["plan"] - requested}
+        after_plan = "columns" if "columns" in clock.created else "finalize"
+        latency[f"plan done -> {after_plan} Job"] = (
+            clock.created[after_plan] - clock.finished["plan"]
+        )
+        if "columns" in clock.created:
+            latency["columns done -> finalize Job"] = (
+                clock.created["finalize"] - clock.finished["columns"]
+            )
+        for what, seconds in latency.items():
+            request.node.user_properties.append(("latency", f"{what}: {seconds:.2f} s"))
+        assert all(seconds <= 2.5 for seconds in latency.values()), latency
+    finally:
+        cluster.delete_namespace("shop")
+        drop_database(database)
+        delete_bucket(bucket)
+
+
+def warning_events(cluster: Cluster, namespace: str, name: str) -> list[JSON]:
+    listed = cluster.api.get(
+        f"/api/v1/namespaces/{namespace}/events",
+        fieldSelector=f"involvedObject.name={name},type=Warning",
+    )
+    items: list[JSON] = listed["items"]
+    return items
+
+
+def stalled_with(text: str) -> Callable[[JSON], bool]:
+    def test(status: JSON) -> bool:
+        stalled = next((c for c in status.get("conditions", []) if c["type"] == "Stalled"), {})
+        return stalled.get("status") == "True" and text in stalled.get("message", "")
+
+    return test
+
+
+def test_a_missing_service_account_is_reported_within_seconds(
+    cluster: Cluster, world: JSON
+) -> None:
+    namespace = world["namespace"]
+    body = resource("no-sa", world, job={"serviceAccountName": "bucket-reader"})
+    applied = time.monotonic()
+    cluster.apply(body)
+    status = wait_status(
+        cluster,
+        namespace,
+        "no-sa",
+        "Stalled naming the missing ServiceAccount",
+        stalled_with('serviceaccount "bucket-reader" not found'),
+        timeout=45,
+    )
+    seconds = time.monotonic() - applied
+    assert seconds < 20, f"took {seconds:.1f} s"
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["reason"] == "FailedCreate"
+    assert condition(status, "Reconciling") == "True"
+    assert status["currentRun"]["blocked"]["reason"] == "FailedCreate"
+    events = warning_events(cluster, namespace, "no-sa")
+    assert any("bucket-reader" in e["message"] for e in events), events
+    # Creating it lets the run go on; the resource says so.
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "bucket-reader", "namespace": namespace},
+            "automountServiceAccountToken": False,
+        }
+    )
+    done = wait_status(
+        cluster, namespace, "no-sa", "the run after the fix", succeeded_after(None), 240
+    )
+    assert condition(done, "Stalled") == "False"
+    cluster.kubectl("delete", "ie", "no-sa", "-n", namespace, "--wait=false")
+
+
+def test_api_errors_stall_the_resource_with_the_apis_message_and_never_crash(
+    cluster: Cluster, world: JSON, operator: str
+) -> None:
+    namespace = world["namespace"]
+    # An RBAC that lacks one verb: the operator may not create Jobs.
+    role_path = f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{RELEASE}"
+    original = cluster.api.get(role_path)["rules"]
+    lacking = copy.deepcopy(original)
+    for rule in lacking:
+        if "jobs" in rule["resources"]:
+            rule["verbs"] = [verb for verb in rule["verbs"] if verb != "create"]
+    cluster.api.patch(role_path, {"rules": lacking})
+    try:
+        cluster.apply(resource("no-rbac", world))
+        status = wait_status(
+            cluster,
+            namespace,
+            "no-rbac",
+            "Stalled with the API's words",
+            stalled_with('cannot create resource "jobs"'),
+            timeout=45,
+        )
+        stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+        assert stalled["reason"] == "Forbidden"
+        assert any(
+            "forbidden" in e["message"] for e in warning_events(cluster, namespace, "no-rbac")
+        )
+    finally:
+        cluster.api.patch(role_path, {"rules": original})
+    wait_status(
+        cluster, namespace, "no-rbac", "the run once the verb is back", succeeded_after(None), 240
+    )
+    # An object the API rejects as invalid says so too.
+    limits = {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}  # requests > limits
+    cluster.apply(resource("invalid-job", world, job={"resources": limits}))
+    invalid = wait_status(
+        cluster,
+        namespace,
+        "invalid-job",
+        "Stalled as Invalid",
+        stalled_with("must be less than or equal to memory limit"),
+        45,
+    )
+    assert next(c for c in invalid["conditions"] if c["type"] == "Stalled")["reason"] == "Invalid"
+    pod = running_operator(cluster)
+    assert pod is not None
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0  # never a crash loop
+    for name in ("no-rbac", "invalid-job"):
+        cluster.kubectl("delete", "ie", name, "-n", namespace, "--wait=false")

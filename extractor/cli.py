@@ -28,6 +28,7 @@ from metatide.extractor.ids import RunId, parse_run_id
 from metatide.extractor.progress import NoProgress, Progress
 
 if TYPE_CHECKING:
+    from metatide.extractor.documents import PlanResult, ResultDocument, RunSummary
     from metatide.extractor.spec import ExtractionSpec
 
 T = TypeVar("T")
@@ -140,11 +141,11 @@ def _termination_log(text: str) -> None:
             _logs().log.warning("termination_log_unwritable", path=target)
 
 
-def _execute(work: Callable[[], Coroutine[Any, Any, str]]) -> None:
+def _execute(work: Callable[[], Coroutine[Any, Any, str | ResultDocument]]) -> None:
     """Run one async command: result line on stdout, error on stderr, exit code by error type."""
     _logs().configure(os.environ.get("METATIDE_LOG_LEVEL", "INFO"))
     try:
-        line = asyncio.run(work())
+        result = asyncio.run(work())
     except MetatideError as exc:
         _logs().log.error(
             "failed", error=type(exc).__name__, message=str(exc), exit_code=exc.exit_code
@@ -155,8 +156,12 @@ def _execute(work: Callable[[], Coroutine[Any, Any, str]]) -> None:
         _logs().log.exception("unexpected_failure", error=type(exc).__name__)
         _termination_log(f"{type(exc).__name__}: unexpected failure, see the pod log")
         raise typer.Exit(EXIT_UNEXPECTED) from None
+    if isinstance(result, str):
+        line = message = result
+    else:
+        line, message = result.result_line(), result.termination_message()
     print(line, flush=True)
-    _termination_log(line)
+    _termination_log(message)
 
 
 @contextmanager
@@ -193,7 +198,7 @@ def plan(
     from metatide.extractor.sources import open_source
     from metatide.extractor.storage import open_store
 
-    async def work() -> str:
+    async def work() -> PlanResult:
         spec = _load_spec(config, force_full, allow_mass_delete)
         faults.inject("plan")
         with _workdir() as workdir, _progress() as progress:
@@ -262,15 +267,13 @@ def finalize(
 ) -> None:
     """Phase 3: verify batches, build state and diff, commit the manifest, write marker.txt."""
     from metatide.extractor.phases.finalize import finalize as finalize_phase
-    from metatide.extractor.phases.finalize import finalize_result
     from metatide.extractor.storage import open_store
 
-    async def work() -> str:
+    async def work() -> RunSummary:
         spec = _load_spec(config, allow_mass_delete=allow_mass_delete)
         run = _required_run_id(run_id)
         with _workdir() as workdir, _progress() as progress:
-            summary = await finalize_phase(spec, open_store(spec), workdir, run, progress)
-        return finalize_result(summary)
+            return await finalize_phase(spec, open_store(spec), workdir, run, progress)
 
     _execute(work)
 
@@ -283,17 +286,15 @@ def run(
     allow_mass_delete: AllowMassDeleteOption = False,
 ) -> None:
     """All three phases in this process, column batches in parallel."""
-    from metatide.extractor.phases.finalize import finalize_result
     from metatide.extractor.phases.run import run as run_all
     from metatide.extractor.storage import open_store
 
-    async def work() -> str:
+    async def work() -> RunSummary:
         spec = _load_spec(config, force_full, allow_mass_delete)
         with _workdir() as workdir, _progress() as progress:
-            summary = await run_all(
+            return await run_all(
                 spec, open_store(spec), workdir, _optional_run_id(run_id), progress
             )
-        return finalize_result(summary)
 
     _execute(work)
 

@@ -87,7 +87,7 @@ def run_demo(keep: Path | None = None) -> None:
         store = open_store(spec)
         first = asyncio.run(run(spec, store, folder))
         console.print(
-            f"[bold]run 1[/] ({first['run_id']}): full extraction, tables {first['tables']}"
+            f"[bold]run 1[/] ({first.run_id}): full extraction, tables {first.tables.to_dict()}"
         )
         _execute(database, CHANGES)
         console.print(
@@ -95,8 +95,8 @@ def run_demo(keep: Path | None = None) -> None:
             "catalog_items, drop the view order_totals, comment customers.email"
         )
         second = asyncio.run(run(spec, store, folder))
-        console.print(f"[bold]run 2[/] ({second['run_id']}): tables {second['tables']}")
-        records = asyncio.run(_read_changes(store, RunId(second["run_id"])))
+        console.print(f"[bold]run 2[/] ({second.run_id}): tables {second.tables.to_dict()}")
+        records = asyncio.run(_read_changes(store, RunId(second.run_id)))
         console.print(changes_table(records, "change records of run 2"))
         if keep is None:
             console.print("(the demo's files were removed; `metatide demo --keep DIR` keeps them)")

@@ -6,6 +6,7 @@ only), so the console script starts here and adds `operator` and `crd` to the en
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -34,11 +35,55 @@ def run_operator(
     health_address: Annotated[
         str, typer.Option("--health-address", help="Address the /healthz endpoint binds.")
     ] = "0.0.0.0",  # noqa: S104
+    job_image: Annotated[
+        str | None,
+        typer.Option(
+            "--job-image",
+            envvar="METATIDE_JOB_IMAGE",
+            help="Image of phase Jobs of resources that name none (the chart passes its own "
+            "image). Default: the metatide image of this version.",
+        ),
+    ] = None,
+    job_image_pull_policy: Annotated[
+        str,
+        typer.Option(
+            "--job-image-pull-policy",
+            envvar="METATIDE_JOB_IMAGE_PULL_POLICY",
+            help="Pull policy that goes with --job-image: Always, IfNotPresent or Never.",
+        ),
+    ] = "IfNotPresent",
+    workers: Annotated[
+        int,
+        typer.Option("--workers", min=1, max=64, help="Resources reconciled at the same time."),
+    ] = 4,
+    resync_seconds: Annotated[
+        float,
+        typer.Option(
+            "--resync-seconds",
+            min=10,
+            help="Each resource is looked at again after this long without an event (from the "
+            "operator's caches: no API request unless something changed).",
+        ),
+    ] = 300.0,
 ) -> None:
-    """Run the kopf operator that reconciles IncrementalExtraction resources into Jobs."""
+    """Run the operator that reconciles IncrementalExtraction resources into Jobs."""
+    from metatide.extractor import logs
+    from metatide.operator.controller import ControllerSettings
+    from metatide.operator.jobs import JobDefaults, default_image
     from metatide.operator.main import Endpoints, run
 
-    run(namespaces or [], Endpoints(metrics_address, metrics_port, health_address, health_port))
+    if job_image_pull_policy not in ("Always", "IfNotPresent", "Never"):
+        raise typer.BadParameter(
+            f"{job_image_pull_policy!r}: expected Always, IfNotPresent or Never",
+            param_hint="--job-image-pull-policy",
+        )
+    logs.configure(os.environ.get("METATIDE_LOG_LEVEL", "INFO"))
+    defaults = JobDefaults(job_image or default_image(), job_image_pull_policy)  # type: ignore[arg-type]
+    run(
+        namespaces or [],
+        Endpoints(metrics_address, metrics_port, health_address, health_port),
+        ControllerSettings(defaults, workers=workers, resync_seconds=resync_seconds),
+    )
 
 
 @app.command("crd")

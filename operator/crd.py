@@ -41,6 +41,7 @@ import yaml
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
 
+from metatide.extractor.documents import ExtractionStatus
 from metatide.operator.model import (
     GROUP,
     KIND,
@@ -476,151 +477,32 @@ def spec_schema() -> Schema:
     return spec
 
 
-def _string(description: str, **extra: Any) -> Schema:
-    return {"description": description, "type": "string", **extra}
+def _string(description: str) -> Schema:
+    return {"description": description, "type": "string"}
 
 
-def _integer(description: str) -> Schema:
-    return {"description": description, "type": "integer", "format": "int64"}
-
-
-def _time(description: str) -> Schema:
-    return _string(description + " (RFC 3339, UTC).", format="date-time")
-
-
-def _object(description: str, properties: Schema, *, open_: bool = True) -> Schema:
-    """An object; `open_` keeps fields the schema does not list (the operator may add some)."""
-    schema: Schema = {"description": description, "type": "object", "properties": properties}
-    if open_:
-        schema["x-kubernetes-preserve-unknown-fields"] = True
-    return schema
+def _without_defaults(node: Any) -> Any:
+    """A schema with its defaults removed: the API server must never fill in status fields
+    (only the operator writes the status)."""
+    if isinstance(node, dict):
+        return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
+    if isinstance(node, list):
+        return [_without_defaults(item) for item in node]
+    return node
 
 
 def status_schema() -> Schema:
-    """The schema of `.status`, written by the operator (kstatus-style conditions).
+    """The structural schema of `.status`, generated from `ExtractionStatus` (the model the
+    operator writes and tests read back), without defaults.
 
-    Every field the operator writes is described here for `kubectl explain`, but the status
-    keeps unknown fields: kopf stores its own bookkeeping under ``status.kopf``, and a newer
-    operator may add fields before the CRD is upgraded (Helm never upgrades a chart's crds/).
+    The status keeps unknown top-level fields (``x-kubernetes-preserve-unknown-fields``): a
+    newer operator may add fields before the CRD is upgraded (Helm never upgrades a chart's
+    crds/ folder; this chart's template does, but other installs may not).
     """
-    condition = _object(
-        "One condition, as in metav1.Condition.",
-        {
-            "type": _string("Ready, Reconciling or Stalled."),
-            "status": _string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
-            "reason": _string("Machine-readable CamelCase reason of the last transition."),
-            "message": _string("Human-readable detail of the last transition."),
-            "lastTransitionTime": _time("When the status last changed"),
-            "observedGeneration": _integer("metadata.generation the condition was computed from."),
-        },
-        open_=False,
-    )
-    condition["required"] = ["type", "status"]
-    counts = {
-        name: _integer(text)
-        for name, text in (
-            ("changedTables", "Tables created, updated or backfilled by the run."),
-            ("deletedTables", "Tables the run removed from the state."),
-            ("createdTables", "Tables new since the marker."),
-            ("updatedTables", "Tables whose DDL time or fingerprint changed."),
-            ("backfillTables", "Tables that existed but were never extracted before."),
-            ("unchangedTables", "Tables whose columns were carried forward."),
-            ("columnsExtracted", "Columns read from the source."),
-            ("columnsCarriedForward", "Columns kept from the previous state."),
-            ("columnsDeleted", "Columns in the diff's delete set."),
-        )
-    }
-    history_entry = _object(
-        "One finished run.",
-        {
-            "id": _string("Run id."),
-            "outcome": _string("Succeeded, Failed or Replaced."),
-            "startedAt": _time("When the run started"),
-            "finishedAt": _time("When the run finished"),
-            "message": _string("Summary, or why the run failed."),
-        },
-    )
-    return _object(
-        "Observed state, written by the operator.",
-        {
-            "phase": _string(
-                "Pending (no run yet), Running, Succeeded (last run committed) or Failed (last "
-                "run failed; see lastFailure)."
-            ),
-            "observedGeneration": _integer("metadata.generation the status was computed from."),
-            "conditions": {
-                "description": "kstatus conditions: Ready (last run succeeded and the spec is "
-                "applied), Reconciling (a run is in progress), Stalled (cannot progress without "
-                "a change, e.g. an invalid spec or a terminal error).",
-                "type": "array",
-                "items": condition,
-                "x-kubernetes-list-type": "map",
-                "x-kubernetes-list-map-keys": ["type"],
-            },
-            "currentRun": _object(
-                "The run in progress, if any.",
-                {
-                    "id": _string("Run id (part of the Job names)."),
-                    "phase": _string("Planning, Extracting (column batches) or Finalizing."),
-                    "startedAt": _time("When the run started"),
-                    "trigger": _string(
-                        "Why the run started: created, spec changed, schedule or a manual trigger."
-                    ),
-                    "generation": _integer("metadata.generation the run was started for."),
-                    "takeOverFrom": _string(
-                        "Id of a failed run whose lease this run's plan takes over."
-                    ),
-                    "batches": _object(
-                        "Column batches of the Indexed Job.",
-                        {
-                            "total": _integer("Batches planned."),
-                            "succeeded": _integer("Batches finished."),
-                            "failed": _integer("Batches failed for good."),
-                            "active": _integer("Batches running now."),
-                        },
-                    ),
-                },
-            ),
-            "lastSuccessfulRun": _object(
-                "Summary of the last committed run (the full summary is runs/{id}/summary.json "
-                "in the storage).",
-                {
-                    "id": _string("Run id; its diff is under runs/{id}/incremental-diff/."),
-                    "finishedAt": _time("When the run committed"),
-                    **counts,
-                    "marker": _string("The marker the run committed."),
-                },
-            ),
-            "lastFailure": _object(
-                "The last failed run, until a run succeeds.",
-                {
-                    "id": _string("Run id."),
-                    "phase": _string("The phase that failed."),
-                    "message": _string("Why it failed (the phase's termination message)."),
-                },
-            ),
-            "takeOverFrom": _string(
-                "Id of the failed run the next run takes over (its lease and files)."
-            ),
-            "lastRunGeneration": _integer("metadata.generation the last run was started for."),
-            "marker": _string("The committed marker (source clock at the last plan)."),
-            "nextScheduleTime": _time("When the next scheduled run is due"),
-            "lastScheduleTime": _time("When the last scheduled run was started"),
-            "lastHandledTrigger": _string(
-                "Value of the metatide.dev/run-requested-at annotation last acted on."
-            ),
-            "history": {
-                "description": "Finished runs, newest first, bounded by spec.history.",
-                "type": "array",
-                "items": history_entry,
-            },
-            "kopf": {
-                "description": "kopf's own bookkeeping (handler progress); not for users.",
-                "type": "object",
-                "x-kubernetes-preserve-unknown-fields": True,
-            },
-        },
-    )
+    raw = ExtractionStatus.model_json_schema(by_alias=True)
+    definitions = raw.pop("$defs", {})
+    status = _Converter(definitions).convert(_without_defaults(raw), "status")
+    return _without_defaults(status)  # type: ignore[no-any-return]
 
 
 def _printer_columns() -> list[Schema]:

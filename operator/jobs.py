@@ -8,14 +8,42 @@ Secret key, under the environment variable the spec names.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any, Final, Literal
 
+from metatide.extractor.documents import CurrentRun
 from metatide.extractor.errors import EXIT_TERMINAL
 from metatide.operator.model import GROUP, KIND, VERSION, IncrementalExtractionSpec
 from metatide.operator.names import Phase, labels, object_name
 
 SPEC_KEY: Final = "spec.json"
 TERMINATION_MESSAGE_PATH: Final = "/dev/termination-log"
+PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+
+
+IMAGE_REPOSITORY: Final = "ghcr.io/metatide/metatide"
+
+
+def default_image() -> str:
+    """The published image of this metatide version (what the chart installs by default)."""
+    return f"{IMAGE_REPOSITORY}:{version('metatide')}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobDefaults:
+    """The image of phase Jobs when a resource names none: the operator's own (from the chart's
+    image values), so upgrading the chart upgrades the extractor with the operator."""
+
+    image: str
+    image_pull_policy: PullPolicy = "IfNotPresent"
+
+    def for_spec(self, spec: IncrementalExtractionSpec) -> tuple[str, PullPolicy]:
+        """The image and pull policy of a run of this resource (fixed at the run's start)."""
+        job = spec.job
+        if job.image is None:
+            return self.image, job.image_pull_policy or self.image_pull_policy
+        return job.image, job.image_pull_policy or "IfNotPresent"
 
 
 def owner_reference(name: str, uid: str) -> dict[str, Any]:
@@ -86,18 +114,16 @@ def _environment(
 
 def _pod_template(
     resource: str,
-    uid: str,
-    run_id: str,
+    run: CurrentRun,
     phase: Phase,
     spec: IncrementalExtractionSpec,
     args: list[str],
 ) -> dict[str, Any]:
     job = spec.job
-    return {
-        "metadata": {"labels": labels(resource, run_id, phase)},
+    pod: dict[str, Any] = {
+        "metadata": {"labels": labels(resource, run.id, phase)},
         "spec": {
             "restartPolicy": "Never",
-            "serviceAccountName": job.service_account_name,
             "automountServiceAccountToken": False,
             "securityContext": {
                 "runAsNonRoot": True,
@@ -107,11 +133,11 @@ def _pod_template(
             "containers": [
                 {
                     "name": phase,
-                    "image": job.image,
-                    "imagePullPolicy": job.image_pull_policy,
+                    "image": run.image,
+                    "imagePullPolicy": run.image_pull_policy or "IfNotPresent",
                     "command": ["metatide"],
                     "args": args,
-                    "env": _environment(resource, run_id, spec),
+                    "env": _environment(resource, run.id, spec),
                     "resources": job.resources.model_dump(),
                     "terminationMessagePath": TERMINATION_MESSAGE_PATH,
                     "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -126,6 +152,9 @@ def _pod_template(
             "volumes": [{"name": "tmp", "emptyDir": {}}],
         },
     }
+    if job.service_account_name is not None:  # else the namespace's default ServiceAccount
+        pod["spec"]["serviceAccountName"] = job.service_account_name
+    return pod
 
 
 def _on_terminal_exit(action: str) -> dict[str, Any]:
@@ -137,24 +166,19 @@ _IGNORE_DISRUPTIONS: Final = {"action": "Ignore", "onPodConditions": [{"type": "
 
 
 def phase_job(
-    resource: str,
-    uid: str,
-    run_id: str,
-    phase: Phase,
-    spec: IncrementalExtractionSpec,
-    batches: int = 0,
-    take_over_from: str | None = None,
+    resource: str, uid: str, run: CurrentRun, phase: Phase, spec: IncrementalExtractionSpec
 ) -> dict[str, Any]:
     """The Job of one phase; columns is an Indexed Job with one index per batch."""
     args: list[str] = [phase]
-    if phase == "plan" and take_over_from:
-        args += ["--take-over-from", take_over_from]
+    if phase == "plan" and run.take_over_from:
+        args += ["--take-over-from", run.take_over_from]
     job = spec.job
+    batches = run.batches.total
     body: dict[str, Any] = {
         "backoffLimit": job.backoff_limit,
         "activeDeadlineSeconds": job.active_deadline_seconds,
         "ttlSecondsAfterFinished": job.ttl_seconds_after_finished,
-        "template": _pod_template(resource, uid, run_id, phase, spec, args),
+        "template": _pod_template(resource, run, phase, spec, args),
         "podFailurePolicy": {"rules": [_on_terminal_exit("FailJob"), _IGNORE_DISRUPTIONS]},
     }
     if phase == "columns":
@@ -173,6 +197,6 @@ def phase_job(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(object_name(resource, run_id, phase), resource, uid, run_id, phase),
+        "metadata": _metadata(object_name(resource, run.id, phase), resource, uid, run.id, phase),
         "spec": body,
     }

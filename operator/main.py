@@ -1,131 +1,34 @@
-"""The kopf operator: one timer per IncrementalExtraction drives `reconcile`.
+"""The operator process: kopf's watch streams feed the event-driven `Controller`.
 
-Every few seconds (and on create, resume and spec change) the handler takes a snapshot of
-the resource and of its current run's Job, asks `reconcile` what to do, applies the creates
-and deletes, posts the events, and writes the status in one patch. kopf runs standalone (one
-replica, no peering) and posts its own events for handler failures.
+kopf runs standalone (one replica, no peering) and provides what it is good at: the watch
+streams (list, then watch, resumed after disconnects), the liveness endpoint and signal
+handling. It watches two kinds: IncrementalExtractions, and Jobs labelled as the operator's
+(the label selector is applied by the API server, so other Jobs never reach the operator).
+Both handlers only hand the object to the controller's caches; the controller's workers do
+the reconciling. kopf itself writes nothing (no handler needs its progress annotations or
+finalizer; a finalizer left by an older operator is removed by kopf once) and posts only
+warnings as events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 
 from metatide.operator import metrics
+from metatide.operator.controller import Controller, ControllerSettings
 from metatide.operator.kube import Kube
-from metatide.operator.model import GROUP, PLURAL, VERSION, IncrementalExtractionSpec
-from metatide.operator.names import object_name
-from metatide.operator.reconcile import JOB_OF, Snapshot, reconcile
-from metatide.operator.status import conditions
+from metatide.operator.model import GROUP, PLURAL, VERSION
+from metatide.operator.names import LABEL_MANAGED_BY, MANAGER
 
-TICK_SECONDS = 3.0
-
-_kube: Kube | None = None
-
-
-def _client() -> Kube:
-    global _kube  # noqa: PLW0603 - one API client per process, made after kopf logs in
-    if _kube is None:
-        _kube = Kube()
-    return _kube
-
-
-@kopf.on.startup()
-def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.peering.standalone = True
-    settings.posting.level = logging.INFO
-    settings.persistence.finalizer = "metatide.dev/operator"
-    settings.watching.server_timeout = 300
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_SECONDS, initial_delay=0.5)
-def _tick(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, **kwargs: Any) -> None:
-    spec, status, logger = kwargs["spec"], kwargs["status"], kwargs["logger"]
-    reconcile_once(body, meta, dict(spec), dict(status), patch, logger)
-
-
-def reconcile_once(
-    body: kopf.Body,
-    meta: kopf.Meta,
-    spec: dict[str, Any],
-    status: dict[str, Any],
-    patch: kopf.Patch,
-    logger: logging.Logger,
-) -> None:
-    """One reconcile of one resource: snapshot, decide, apply, patch status once."""
-    namespace, name = meta["namespace"], meta["name"]
-    now = datetime.now(UTC)
-    try:
-        parsed = IncrementalExtractionSpec.model_validate(spec)
-    except ValidationError as exc:
-        _stall(
-            patch,
-            status,
-            meta,
-            now,
-            f"the spec is invalid: {exc.errors()[0]['msg']} at "
-            f"{'.'.join(map(str, exc.errors()[0]['loc']))}",
-        )
-        return
-    kube = _client()
-    current = status.get("currentRun")
-    job = None
-    if current:
-        job = kube.job(namespace, object_name(name, current["id"], JOB_OF[current["phase"]]))
-    snapshot = Snapshot(
-        name=name,
-        uid=meta["uid"],
-        generation=int(meta.get("generation", 1)),
-        created_at=datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00")),
-        annotations=dict(meta.get("annotations", {})),
-        spec=parsed,
-        status=status,
-        now=now,
-        job=job,
-    )
-    decision = reconcile(snapshot)
-    if decision.stop_run:
-        kube.stop_run(namespace, name, decision.stop_run)
-    running = (decision.status.get("currentRun") or {}).get("id")
-    for stray in kube.stop_strays(namespace, name, running):
-        logger.warning("stopped a Job of no current run: %s", stray)
-    for manifest in decision.create:
-        kube.create(namespace, manifest)
-    for event in decision.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-    for finished in decision.finished:
-        metrics.record(namespace, name, finished)
-    patch.status.update(decision.status)
-
-
-def _stall(
-    patch: kopf.Patch, status: dict[str, Any], meta: kopf.Meta, now: datetime, message: str
-) -> None:
-    generation = int(meta.get("generation", 1))
-    patch.status.update(
-        {
-            "phase": "Failed",
-            "observedGeneration": generation,
-            "conditions": [
-                {**item, "reason": "InvalidSpec"}
-                for item in conditions(
-                    status.get("conditions", []),
-                    running=False,
-                    failed=message,
-                    ready_reason="InvalidSpec",
-                    message=message,
-                    generation=generation,
-                    now=now,
-                )
-            ],
-        }
-    )
+LEGACY_FINALIZER = "metatide.dev/operator"
+"""The finalizer of the timer-driven operator; kopf removes it from resources it sees."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,14 +41,67 @@ class Endpoints:
     health_port: int
 
 
-def run(namespaces: list[str], endpoints: Endpoints) -> None:
+def registry_for(controller: Controller, stop: threading.Event) -> kopf.OperatorRegistry:
+    """kopf's handlers: every watch event goes to the controller; startup starts its workers
+    (if they ever stop, `stop` ends the operator, so the pod restarts instead of idling)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """In a pod its ServiceAccount, else the kubeconfig (as the official client finds it)."""
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.peering.standalone = True
+        settings.posting.level = logging.WARNING
+        settings.persistence.finalizer = LEGACY_FINALIZER
+        settings.watching.server_timeout = 600
+        settings.watching.client_timeout = 660
+        settings.watching.label_selectors["batch", "jobs"] = f"{LABEL_MANAGED_BY}={MANAGER}"
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(
+            ThreadPoolExecutor(controller.settings.workers + 1, thread_name_prefix="reconcile")
+        )
+        task = asyncio.create_task(controller.run(), name="metatide-controller")
+        task.add_done_callback(lambda done: _report_exit(done, stop))
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def _resource(event: kopf.RawEvent, **_: Any) -> None:
+        controller.resource_event(event["type"], event["object"])
+
+    @kopf.on.event("batch", "v1", "jobs", registry=registry)
+    async def _job(event: kopf.RawEvent, **_: Any) -> None:
+        controller.job_event(event["type"], event["object"])
+
+    return registry
+
+
+def _report_exit(task: asyncio.Task[None], stop: threading.Event) -> None:
+    """The controller runs until the operator stops; anything else is a bug: log it and stop
+    the operator (exit 1), so Kubernetes restarts it."""
+    if task.cancelled():
+        return
+    logging.getLogger("metatide.operator").critical(
+        "the controller stopped; stopping the operator", exc_info=task.exception()
+    )
+    stop.set()
+
+
+def run(namespaces: list[str], endpoints: Endpoints, settings: ControllerSettings) -> None:
     """Run the operator until it is stopped (SIGTERM/SIGINT)."""
     metrics.serve(endpoints.metrics_port, endpoints.metrics_address)
+    controller = Controller(Kube(connections=settings.workers + 1), settings)
+    stop = threading.Event()
     asyncio.run(
         kopf.operator(
+            registry=registry_for(controller, stop),
             standalone=True,
             namespaces=namespaces,
             clusterwide=not namespaces,
             liveness_endpoint=f"http://{endpoints.health_address}:{endpoints.health_port}/healthz",
+            stop_flag=stop,
         )
     )
+    if stop.is_set():
+        raise SystemExit(1)

@@ -32,8 +32,10 @@ def record(namespace: str, name: str, finished: FinishedRun) -> None:
     """Count a finished run and, for a success, publish its summary's figures."""
     RUNS.labels(namespace, name, finished.outcome).inc()
     RUN_SECONDS.labels(namespace, name, finished.outcome).observe(finished.seconds)
-    summary = finished.summary or {}
-    for phase, seconds in (summary.get("durations_seconds") or {}).items():
+    summary = finished.summary
+    if summary is None:
+        return
+    for phase, seconds in summary.durations_seconds.items():
         PHASE_SECONDS.labels(namespace, name, phase).set(seconds)
-    for state, count in (summary.get("tables") or {}).items():
+    for state, count in summary.tables.to_dict().items():
         TABLES.labels(namespace, name, state).set(count)

@@ -41,14 +41,22 @@ class ScheduleSpec(_Model):
     )
     suspend: bool = Field(
         default=False,
-        description="Stop starting scheduled runs (a manual trigger still runs; an active run "
-        "finishes).",
+        description="Stop starting scheduled runs: ticks while suspended are dropped, not run "
+        "later. A run requested with the metatide.dev/run-requested-at annotation still runs "
+        "(currentRun.note says so); an active run finishes.",
     )
     starting_deadline_seconds: int | None = Field(
         default=None,
         ge=0,
         description="A missed run starts late only within this many seconds of its scheduled "
         "time, and runs once however many ticks were missed; unset means no deadline.",
+    )
+    max_consecutive_failures: int | None = Field(
+        default=None,
+        ge=1,
+        description="Stop scheduling after this many failed runs in a row: status."
+        "scheduleStopped says why, a Warning event is posted, and the run-now annotation or a "
+        "spec change resumes scheduling (and resets the count). Unset means never stop.",
     )
 
     @field_validator("cron")
@@ -83,18 +91,23 @@ class ResourceRequirements(_Model):
 class JobTemplate(_Model):
     """How the operator shapes the plan, columns and finalize Jobs."""
 
-    image: str = Field(
-        default="ghcr.io/metatide/metatide:0.1.0",
+    image: str | None = Field(
+        default=None,
         min_length=1,
-        description="Image with the `metatide` command.",
+        description="Image with the `metatide` command. Unset: the operator's own image (the "
+        "chart's image values), so upgrading the chart upgrades the extractor too.",
     )
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
-        default="IfNotPresent", description="Image pull policy of Job containers."
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None,
+        description="Image pull policy of Job containers. Unset: the operator's (the chart's "
+        "image.pullPolicy) when the image is the operator's, else IfNotPresent.",
     )
-    service_account_name: str = Field(
-        default="metatide-job",
+    service_account_name: str | None = Field(
+        default=None,
         min_length=1,
-        description="ServiceAccount of Job pods (needs no Kubernetes API access).",
+        description="ServiceAccount of Job pods, e.g. one bound to a cloud IAM role for the "
+        "bucket (IRSA, workload identity); it must exist in the resource's namespace. Unset: "
+        "the namespace's default ServiceAccount. Job pods never get an API token.",
     )
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements, description="Container resources."

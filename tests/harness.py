@@ -68,7 +68,8 @@ def with_fields(spec: ExtractionSpec, **fields: Any) -> ExtractionSpec:
 async def run_pipeline(spec: ExtractionSpec, workdir: Path, **options: Any) -> dict[str, Any]:
     """One `metatide run` in-process."""
     workdir.mkdir(parents=True, exist_ok=True)
-    return await run(spec, open_store(spec), workdir, **options)
+    summary = await run(spec, open_store(spec), workdir, **options)
+    return summary.to_dict()  # the wire form, as summary.json and the result line hold it
 
 
 async def committed_state(spec: ExtractionSpec, workdir: Path) -> State:

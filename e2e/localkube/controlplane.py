@@ -354,7 +354,11 @@ def load(layout: Layout) -> None:
         return
     started = time.monotonic()
     node.import_image(node.node_layout(layout), tool, image, images.E2E_IMAGE)
-    _say(f"imported {image} as {images.E2E_IMAGE} in {time.monotonic() - started:.1f}s")
+    node.tag_image(node.node_layout(layout), images.E2E_IMAGE, images.chart_image())
+    _say(
+        f"imported {image} as {images.E2E_IMAGE} and {images.chart_image()} in "
+        f"{time.monotonic() - started:.1f}s"
+    )
     record["image_id"] = image_id
     layout.cluster_file.write_text(json.dumps(record, indent=2) + "\n")
 
@@ -457,6 +461,7 @@ def _start_node(
         started = time.monotonic()
         node.import_image(where, built.tool, ref, name)
         _say(f"imported {ref} as {name} in {time.monotonic() - started:.1f}s")
+    node.tag_image(where, images.E2E_IMAGE, images.chart_image())  # the chart's default image
 
     where.shared.mkdir(parents=True, exist_ok=True)
     where.shared.chmod(0o1777)  # pods run as any user

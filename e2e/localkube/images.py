@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,6 +70,19 @@ BASE_CHANGES = (
 )
 E2E_IMAGE = "docker.io/library/metatide:e2e"
 """The name pods of the e2e suite use (``metatide:e2e``), fully qualified as containerd sees it."""
+
+
+def chart_image() -> str:
+    """The image the Helm chart installs with its default values (``image.repository`` and the
+    chart's appVersion). The node knows this checkout's image under that name too, so
+    ``helm install`` with default values runs as written: what a registry does for users."""
+    chart = (REPO_ROOT / "charts" / "metatide" / "Chart.yaml").read_text()
+    values = (REPO_ROOT / "charts" / "metatide" / "values.yaml").read_text()
+    version = re.search(r'^appVersion:\s*"?([^"\s]+)"?', chart, re.MULTILINE)
+    repository = re.search(r"^\s+repository:\s*(\S+)", values, re.MULTILINE)
+    if version is None or repository is None:
+        raise ImageError("charts/metatide: no appVersion or image.repository found")
+    return f"{repository.group(1)}:{version.group(1)}"
 
 
 class ImageError(RuntimeError):

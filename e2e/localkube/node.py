@@ -276,6 +276,11 @@ def import_image(node: NodeLayout, tool: images.Builder, ref: str, name: str) ->
         ctr(node, "images", "tag", "--force", ref, name)
 
 
+def tag_image(node: NodeLayout, name: str, alias: str) -> None:
+    """Makes an imported image known under a second name too."""
+    ctr(node, "images", "tag", "--force", name, alias)
+
+
 # -- kubelet --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class KubeletSettings:

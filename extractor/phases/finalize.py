@@ -16,15 +16,24 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from metatide.extractor.baseline import read_baseline
 from metatide.extractor.build import Built, RunInputs, build_state
 from metatide.extractor.diff import EntityDiff
+from metatide.extractor.documents import (
+    Baseline,
+    BytesRead,
+    ChangeCounts,
+    ColumnCounts,
+    DiffCounts,
+    RunSummary,
+    TableCounts,
+)
 from metatide.extractor.errors import (
     IncompleteRunError,
     LeaseLostError,
@@ -89,7 +98,7 @@ async def finalize(
     run_id: RunId,
     progress: Progress | None = None,
     extra_durations: dict[str, float] | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Commit a run and return its summary (also stored as runs/{run_id}/summary.json)."""
     with phase_logging("finalize", run_id):
         log.info("phase_started")
@@ -119,9 +128,9 @@ async def finalize(
         log.info(
             "phase_finished",
             duration_seconds=round(time.monotonic() - started, 3),
-            tables=summary.get("tables"),
-            columns=summary.get("columns"),
-            state_rows=summary.get("state_rows"),
+            tables=summary.tables.to_dict(),
+            columns=summary.columns.to_dict(),
+            state_rows=summary.state_rows,
         )
         return summary
 
@@ -164,9 +173,7 @@ async def _build_and_commit(
     await _write_diff(spec, store, plan.run_id, built.diffs)
     await store.put_file(changes_key(plan.run_id), built.changes.parquet)
     await store.put_file(changes_key(plan.run_id, "jsonl"), built.changes.jsonl)
-    await store.put(
-        summary_key(plan.run_id), json.dumps(summary, indent=1, sort_keys=True).encode()
-    )
+    await store.put(summary_key(plan.run_id), summary.to_json())
     await store.put(history_manifest_key(plan.run_id), built.manifest.to_bytes())
     lease.check()
     await _commit(store, built.manifest, parent)
@@ -174,7 +181,7 @@ async def _build_and_commit(
         "manifest_committed",
         sequence=built.manifest.sequence,
         parent_run_id=built.manifest.parent_run_id,
-        verified_all=summary["state_verified"],
+        verified_all=summary.state_verified,
     )
     return built.manifest, parent.manifest if parent.trusted else None
 
@@ -321,42 +328,51 @@ def _summary(
     built: Built,
     durations: dict[str, float],
     finalize_bytes_read: int,
-) -> dict[str, Any]:
+) -> RunSummary:
     """The run summary; row counts are logical: what a reader of the state sees."""
     reasons = inputs.deleted.column("reason").to_pylist()
     logical = built.manifest.logical_rows or {}
     problems = list(dict.fromkeys([*plan.baseline_problems, *map(str, built.skipped)]))
-    return {
-        "run_id": plan.run_id,
-        "parent_run_id": plan.parent_run_id,
-        "full_extraction": plan.full_extraction,
-        "marker_used": plan.marker_used.isoformat(),
-        "next_marker": plan.next_marker.isoformat(),
-        "tables": {**plan.tables_by_state, "deleted": len(reasons)},
-        "tables_by_reason": plan.tables_by_reason,
-        "tables_deleted_by_reason": {r: reasons.count(r) for r in ("dropped", "out_of_scope")},
-        "columns": {
-            "extracted": built.fresh_columns,
-            "carried_forward": max(logical.get("column", 0) - built.fresh_columns, 0),
-            "deleted": built.diffs["column"].deleted.num_rows,
-        },
-        "diff": {
-            entity: {
-                "created": diff.count("created"),
-                "updated": diff.count("updated"),
-                "deleted": diff.deleted.num_rows,
-            }
+    states = plan.tables_by_state
+    return RunSummary(
+        run_id=plan.run_id,
+        parent_run_id=plan.parent_run_id,
+        full_extraction=plan.full_extraction,
+        marker_used=plan.marker_used,
+        next_marker=plan.next_marker,
+        tables=TableCounts(
+            created=states.get("CREATED", 0),
+            updated=states.get("UPDATED", 0),
+            unchanged=states.get("NO CHANGE", 0),
+            backfill=states.get("BACKFILL", 0),
+            deleted=len(reasons),
+        ),
+        tables_by_reason=plan.tables_by_reason,
+        tables_deleted_by_reason={r: reasons.count(r) for r in ("dropped", "out_of_scope")},
+        columns=ColumnCounts(
+            extracted=built.fresh_columns,
+            carried_forward=max(logical.get("column", 0) - built.fresh_columns, 0),
+            deleted=built.diffs["column"].deleted.num_rows,
+        ),
+        diff={
+            entity: DiffCounts(
+                created=diff.count("created"),
+                updated=diff.count("updated"),
+                deleted=diff.deleted.num_rows,
+            )
             for entity, diff in built.diffs.items()
         },
-        "changes": built.changes.counts,
-        "state_rows": {entity: logical.get(entity, 0) for entity in ENTITIES},
-        "state_bytes_written": built.bytes_written,
-        "state_verified": built.manifest.verified_sequence == built.manifest.sequence,
-        "baseline": {"complete": not problems, "problems": problems},
-        "bytes_read": {"plan": plan.bytes_read, "finalize": finalize_bytes_read},
-        "batches": plan.batch_count,
-        "durations_seconds": {name: round(value, 3) for name, value in durations.items()},
-    }
+        changes={
+            entity: ChangeCounts.model_validate(built.changes.counts[entity]) for entity in ENTITIES
+        },
+        state_rows={entity: logical.get(entity, 0) for entity in ENTITIES},
+        state_bytes_written=built.bytes_written,
+        state_verified=built.manifest.verified_sequence == built.manifest.sequence,
+        baseline=Baseline(complete=not problems, problems=problems),
+        bytes_read=BytesRead(plan=plan.bytes_read, finalize=finalize_bytes_read),
+        batches=plan.batch_count,
+        durations_seconds={name: round(value, 3) for name, value in durations.items()},
+    )
 
 
 async def _write_diff(
@@ -414,12 +430,22 @@ async def _publish_marker_and_collect(
     log.info("garbage_collected", keys_deleted=deleted)
 
 
-async def _stored_summary(store: Store, run_id: RunId) -> dict[str, Any]:
+async def _stored_summary(store: Store, run_id: RunId) -> RunSummary:
+    """The summary this run wrote before its commit."""
+    key = summary_key(run_id)
     try:
-        summary: dict[str, Any] = json.loads((await store.get(summary_key(run_id))).data)
+        data = (await store.get(key)).data
     except KeyNotFoundError:
-        summary = {"run_id": run_id}
-    return summary
+        raise IncompleteRunError(
+            f"run {run_id} is committed but its summary ({key}) is missing in {store.location}"
+        ) from None
+    try:
+        return RunSummary.model_validate_json(data)
+    except ValidationError as exc:
+        raise StateCorruptError(
+            f"the summary {key} of run {run_id} in {store.location} is not a run summary: "
+            f"{exc.errors()[0]['msg']} at {'.'.join(map(str, exc.errors()[0]['loc']))}"
+        ) from None
 
 
 async def _history_manifest(store: Store, run_id: RunId) -> Manifest | None:
@@ -427,8 +453,3 @@ async def _history_manifest(store: Store, run_id: RunId) -> Manifest | None:
         return parse_manifest((await store.get(history_manifest_key(run_id))).data, store.location)
     except (KeyNotFoundError, StateCorruptError):
         return None
-
-
-def finalize_result(summary: dict[str, Any]) -> str:
-    """The JSON line finalize prints on stdout."""
-    return json.dumps({"phase": "finalize", **summary}, sort_keys=True, default=str)

@@ -9,7 +9,6 @@ listings, the deleted tables, the batches of tables whose columns must be extrac
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import pyarrow.compute as pc
 from metatide.extractor import duck
 from metatide.extractor.baseline import Baseline, read_baseline
 from metatide.extractor.classify import classify_tables, deleted_tables, renamed_tables
+from metatide.extractor.documents import PlanResult
 from metatide.extractor.guard import check_mass_delete
 from metatide.extractor.ids import RunId, new_run_id
 from metatide.extractor.layers import load_previous, logical_rows
@@ -367,22 +367,18 @@ async def _write_batches(store: Store, run_id: RunId, planned: pa.Table, batch_s
     return count
 
 
-def plan_result(document: PlanDocument) -> str:
-    """The JSON line plan prints on stdout (the operator reads batch_count from it)."""
-    return json.dumps(
-        {
-            "phase": "plan",
-            "run_id": document.run_id,
-            "batch_count": document.batch_count,
-            "full_extraction": document.full_extraction,
-            "tables_total": document.tables_total,
-            "tables_by_state": document.tables_by_state,
-            "tables_by_reason": document.tables_by_reason,
-            "tables_deleted": document.tables_deleted,
-            "tables_to_extract": document.tables_to_extract,
-            "marker_used": document.marker_used.isoformat(),
-            "next_marker": document.next_marker.isoformat(),
-            "duration_seconds": round(document.duration_seconds, 3),
-        },
-        sort_keys=True,
+def plan_result(document: PlanDocument) -> PlanResult:
+    """The result plan prints on stdout (the operator reads batch_count from it)."""
+    return PlanResult(
+        run_id=document.run_id,
+        batch_count=document.batch_count,
+        full_extraction=document.full_extraction,
+        tables_total=document.tables_total,
+        tables_by_state=document.tables_by_state,
+        tables_by_reason=document.tables_by_reason,
+        tables_deleted=document.tables_deleted,
+        tables_to_extract=document.tables_to_extract,
+        marker_used=document.marker_used,
+        next_marker=document.next_marker,
+        duration_seconds=round(document.duration_seconds, 3),
     )

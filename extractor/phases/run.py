@@ -11,8 +11,8 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from metatide.extractor.documents import RunSummary
 from metatide.extractor.errors import TerminalError
 from metatide.extractor.ids import RunId
 from metatide.extractor.lease import release_lease
@@ -32,7 +32,7 @@ async def run(
     run_id: RunId | None = None,
     progress: Progress | None = None,
     source_factory: Callable[[ExtractionSpec], Source] = open_source,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Plan, extract every batch, finalize; returns the run summary."""
     progress = progress or NoProgress()
     document = await plan(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from metatide.extractor.documents import RunSummary
 from metatide.extractor.errors import IncompleteRunError, LeaseHeldError, LeaseLostError
 from metatide.extractor.ids import new_run_id
 from metatide.extractor.lease import LEASE_KEY, LeaseDocument
@@ -73,7 +74,7 @@ def spec(monkeypatch: pytest.MonkeyPatch) -> Iterator[ExtractionSpec]:
 def test_a_phase_busy_longer_than_the_lease_keeps_it(spec: ExtractionSpec, tmp_path: Path) -> None:
     busy_seconds = LEASE_SECONDS * 1.5
 
-    async def scenario() -> tuple[dict[str, object], list[float], float]:
+    async def scenario() -> tuple[RunSummary, list[float], float]:
         first = asyncio.create_task(
             run(
                 spec,
@@ -97,11 +98,11 @@ def test_a_phase_busy_longer_than_the_lease_keeps_it(spec: ExtractionSpec, tmp_p
         return await first, refused_at, finished
 
     summary, refused_at, finished = asyncio.run(scenario())
-    assert summary["tables"]["CREATED"] == 2  # type: ignore[index]
+    assert summary.tables.created == 2
     assert finished > LEASE_SECONDS * 1.4  # the first run outlived its lease's term ...
     assert max(refused_at) > LEASE_SECONDS + 1  # ... and still held it after the term
     later = asyncio.run(run(spec, open_store(spec), tmp_path / "third"))
-    assert later["tables"]["NO CHANGE"] == 2
+    assert later.tables.unchanged == 2
 
 
 def test_a_killed_holder_is_taken_over_after_expiry_and_never_finalizes(
@@ -142,7 +143,7 @@ def test_a_killed_holder_is_taken_over_after_expiry_and_never_finalizes(
     wait = (holder.expires_at.timestamp() - time.time()) + 0.5
     time.sleep(max(wait, 0.0))
 
-    async def take_over_and_race() -> dict[str, object]:
+    async def take_over_and_race() -> RunSummary:
         taker = await plan(spec, open_store(spec), open_source(spec), tmp_path / "taker")
         # The killed run's remaining phases, retried by an orchestrator, must stop: only
         # one of the two runs may reach finalize.
@@ -155,7 +156,7 @@ def test_a_killed_holder_is_taken_over_after_expiry_and_never_finalizes(
         return await finalize(spec, open_store(spec), tmp_path / "taker-final", taker.run_id)
 
     summary = asyncio.run(take_over_and_race())
-    assert summary["tables"]["CREATED"] == 2  # type: ignore[index]
+    assert summary.tables.created == 2
     # Once the taker has collected the killed run's files, a late phase still cannot go on.
     with pytest.raises(IncompleteRunError, match=killed_run):
         asyncio.run(finalize(spec, open_store(spec), tmp_path / "later", killed_run))

@@ -185,7 +185,7 @@ async def _plan_then_alter(spec: ExtractionSpec, workdir: Path, statement: str) 
     mysql_execute(statement)
     for index in range(document.batch_count):
         await extract_batch(store, open_source(spec), document.run_id, index)
-    return await finalize(spec, store, workdir, document.run_id)
+    return (await finalize(spec, store, workdir, document.run_id)).to_dict()
 
 
 def _start_of_a_second() -> None:

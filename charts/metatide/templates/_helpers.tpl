@@ -49,35 +49,35 @@ app.kubernetes.io/part-of: metatide
 
 {{/*
 What the operator needs in a namespace it watches, and nothing more:
-- incrementalextractions: read and watch them, patch kopf's annotations/finalizers;
+- incrementalextractions: list and watch them (its cache), get one after a write conflict,
+  patch (kopf removes the finalizer an older operator added);
 - their status subresource: the operator's status patch;
-- events: kopf posts an event per handler outcome;
-- jobs: the plan, column-batch (Indexed) and finalize Jobs it creates, watches and deletes;
-- configmaps: the spec each run's Jobs read (one per run, deleted with the run);
-- pods and pods/log: read a failed pod's exit code and termination message.
+- events: post its events on resources; list a stuck Job's Warning events (FailedCreate);
+- jobs: the plan, column-batch (Indexed) and finalize Jobs it creates, watches (label
+  selected), reads and deletes;
+- configmaps: the spec each run's Jobs read (created per run, read back on a resumed step;
+  deleted with the resource by the garbage collector);
+- pods: list a Job's pods for its termination message, or why it cannot run.
 */}}
 {{- define "metatide.namespacedRules" -}}
 - apiGroups: [metatide.dev]
   resources: [incrementalextractions]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, list, watch, patch]
 - apiGroups: [metatide.dev]
   resources: [incrementalextractions/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create, list]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [create, get, list, watch, delete, patch]
-- apiGroups: [""]
-  resources: [configmaps]
   verbs: [create, get, list, watch, delete]
 - apiGroups: [""]
-  resources: [pods]
-  verbs: [get, list, watch]
+  resources: [configmaps]
+  verbs: [create, get]
 - apiGroups: [""]
-  resources: [pods/log]
-  verbs: [get]
+  resources: [pods]
+  verbs: [list]
 {{- end }}
 
 {{/*
