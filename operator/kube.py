@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -316,26 +316,29 @@ class Kube:
 
     def job_pods(self, namespace: str, job: str) -> list[JSON]:
         """The pods of a Job, oldest first."""
-        listed = self._request(
-            "list",
+        return self._list_sorted(
             "pods",
             f"/api/v1/namespaces/{namespace}/pods",
-            query={"labelSelector": f"{JOB_NAME_LABEL}={job}"},
+            {"labelSelector": f"{JOB_NAME_LABEL}={job}"},
+            key=lambda pod: pod["metadata"].get("creationTimestamp", ""),
         )
-        pods = (listed or {}).get("items") or []
-        return sorted(pods, key=lambda pod: pod["metadata"].get("creationTimestamp", ""))
 
     def job_warnings(self, namespace: str, job_uid: str) -> list[JSON]:
         """Warning events of one Job (e.g. FailedCreate: its pods cannot be created), oldest
         first."""
-        listed = self._request(
-            "list",
+        return self._list_sorted(
             "events",
             f"/api/v1/namespaces/{namespace}/events",
-            query={"fieldSelector": f"involvedObject.uid={job_uid},type=Warning"},
+            {"fieldSelector": f"involvedObject.uid={job_uid},type=Warning"},
+            key=lambda event: event.get("lastTimestamp") or event.get("eventTime") or "",
         )
-        events = (listed or {}).get("items") or []
-        return sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+    def _list_sorted(
+        self, resource: str, path: str, query: dict[str, str], key: Callable[[JSON], str]
+    ) -> list[JSON]:
+        """The items of a list request, sorted by `key` (an absent list is empty)."""
+        listed = self._request("list", resource, path, query=query)
+        return sorted((listed or {}).get("items") or [], key=key)
 
     def post_event(
         self, resource: JSON, kind: Literal["Normal", "Warning"], reason: str, message: str

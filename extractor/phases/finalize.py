@@ -442,9 +442,10 @@ async def _stored_summary(store: Store, run_id: RunId) -> RunSummary:
     try:
         return RunSummary.model_validate_json(data)
     except ValidationError as exc:
+        first = exc.errors()[0]
         raise StateCorruptError(
             f"the summary {key} of run {run_id} in {store.location} is not a run summary: "
-            f"{exc.errors()[0]['msg']} at {'.'.join(map(str, exc.errors()[0]['loc']))}"
+            f"{first['msg']} at {'.'.join(map(str, first['loc']))}"
         ) from None
 
 

@@ -368,17 +368,10 @@ async def _write_batches(store: Store, run_id: RunId, planned: pa.Table, batch_s
 
 
 def plan_result(document: PlanDocument) -> PlanResult:
-    """The result plan prints on stdout (the operator reads batch_count from it)."""
-    return PlanResult(
-        run_id=document.run_id,
-        batch_count=document.batch_count,
-        full_extraction=document.full_extraction,
-        tables_total=document.tables_total,
-        tables_by_state=document.tables_by_state,
-        tables_by_reason=document.tables_by_reason,
-        tables_deleted=document.tables_deleted,
-        tables_to_extract=document.tables_to_extract,
-        marker_used=document.marker_used,
-        next_marker=document.next_marker,
-        duration_seconds=round(document.duration_seconds, 3),
+    """The result plan prints on stdout (the operator reads batch_count from it): the plan
+    document's fields that the result line carries, named alike in both."""
+    carried = set(PlanResult.model_fields) - {"phase"}
+    fields = document.model_dump(include=carried)
+    return PlanResult.model_validate(
+        {**fields, "duration_seconds": round(document.duration_seconds, 3)}
     )
