@@ -83,10 +83,7 @@ RUN --mount=type=secret,id=ca-bundle,target=/run/secrets/ca-bundle \
 
 FROM runtime
 COPY --from=project /project/ /
-# PYTHONSAFEPATH: never put the working directory on sys.path (a folder named `operator` there
-# would shadow the standard library).
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONSAFEPATH=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TMPDIR=/tmp \

@@ -224,7 +224,7 @@ def write_spec(
 
 def store_root(spec_path: Path) -> Path:
     """The connection's folder inside the store (the URL plus the prefix template)."""
-    from metatide.extractor.spec import load_spec_file
+    from metatide.extractor.core.spec import load_spec_file
 
     spec = load_spec_file(spec_path)
     return Path(urlsplit(spec.storage.url).path) / spec.connection_prefix

@@ -1,7 +1,6 @@
 """Helpers shared by the benchmark scripts: child processes, file snapshots, results.json.
 
-Not a benchmark itself. The scripts put this folder on ``sys.path`` (they run with
-``PYTHONSAFEPATH=1``, which keeps the repository root, and its ``operator/`` folder, off it).
+Not a benchmark itself; the scripts import it from their own folder.
 """
 
 from __future__ import annotations
@@ -67,9 +66,8 @@ def cli() -> str:
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a child: safe sys.path, quiet logs, plus `extra`."""
+    """The environment of a child: quiet logs, plus `extra`."""
     env = dict(os.environ)
-    env["PYTHONSAFEPATH"] = "1"
     env.setdefault("METATIDE_LOG_LEVEL", "WARNING")
     env.update(extra or {})
     return env

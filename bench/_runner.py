@@ -41,11 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     """Import metatide, run one phase, print the timings and the summary."""
     args = _arguments(argv)
     before_import = time.perf_counter()
-    from metatide.extractor import logs
-    from metatide.extractor.ids import parse_run_id
+    from metatide.extractor.core import logs
+    from metatide.extractor.core.ids import parse_run_id
+    from metatide.extractor.core.spec import load_spec_file
     from metatide.extractor.phases.finalize import finalize
     from metatide.extractor.phases.run import run
-    from metatide.extractor.spec import load_spec_file
     from metatide.extractor.storage import open_store
 
     imported = time.perf_counter()

@@ -13,7 +13,7 @@ whose peak RSS is its own.
 Targets: finalize <= 1 s, peak RSS <= 1 GiB. For scale: the seed's finalize (DuckDB over
 JSON Lines, rewriting the whole state every run) took about 20 s here and rewrote 570 MB.
 
-    PYTHONSAFEPATH=1 uv run python bench/finalize_synthetic.py [--repeat 2] [--rebuild]
+    uv run python bench/finalize_synthetic.py [--repeat 2] [--rebuild]
 """
 
 from __future__ import annotations
@@ -54,16 +54,21 @@ from _common import (
 )
 from report import print_final_table
 
-from metatide.extractor.ids import RunId, TableKey
+from metatide.extractor.core.ids import RunId, TableKey
+from metatide.extractor.core.records import (
+    COLUMN_SCHEMA,
+    DATABASE_SCHEMA,
+    SCHEMA_SCHEMA,
+    TABLE_SCHEMA,
+)
+from metatide.extractor.core.scope import Scope
+from metatide.extractor.core.spec import ExtractionSpec, parse_spec
 from metatide.extractor.phases.columns import extract_batch
 from metatide.extractor.phases.plan import plan
 from metatide.extractor.phases.run import run
-from metatide.extractor.records import COLUMN_SCHEMA, DATABASE_SCHEMA, SCHEMA_SCHEMA, TABLE_SCHEMA
-from metatide.extractor.scope import Scope
 from metatide.extractor.sources import ColumnsResult
 from metatide.extractor.sources.base import ClosingSource
-from metatide.extractor.spec import ExtractionSpec, parse_spec
-from metatide.extractor.state import read_committed
+from metatide.extractor.state.files import read_committed
 from metatide.extractor.storage import LocalStore
 
 GENERATOR_VERSION = 1

@@ -9,7 +9,7 @@ store and its time:
   diff first -> last     reads the buckets whose files differ (here: the touched ones)
   show (newest, tables)  reads every table file of one state
 
-    PYTHONSAFEPATH=1 uv run python bench/history_synthetic.py [--tables 100000]
+    uv run python bench/history_synthetic.py [--tables 100000]
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from finalize_synthetic import (
     make_spec,
 )
 
-from metatide.extractor import logs
-from metatide.extractor.history import diff_between, kept, read_rows, table_history
+from metatide.extractor.core import logs
+from metatide.extractor.engine.history import diff_between, kept, read_rows, table_history
 from metatide.extractor.phases.run import run
 from metatide.extractor.storage import LocalStore
 from metatide.extractor.storage.meter import metering
@@ -106,7 +106,7 @@ async def measure(spec: Any, store: LocalStore, catalog: Catalog, workdir: Path)
 
 
 def _bucket(key: tuple[str, str, str], count: int) -> int:
-    from metatide.extractor.state import bucket_of
+    from metatide.extractor.state.files import bucket_of
 
     return bucket_of(*key, count)
 

@@ -8,7 +8,7 @@ bench/_catalog.py (a. full run, b. no-change run, c. 1 % of the tables altered w
 instant ADD COLUMN), each in a fresh process. Added columns are dropped again afterwards.
 Figures go to stdout and to bench/results.json.
 
-    PYTHONSAFEPATH=1 uv run python bench/mysql_catalog.py [--recreate] [--repeat 2]
+    uv run python bench/mysql_catalog.py [--recreate] [--repeat 2]
 
 The admin DSN comes from METATIDE_TEST_MYSQL_DSN (default: the CI MariaDB on
 127.0.0.1:53306); start that server with ``bash .ci/services/mariadb.sh start``. The spec

@@ -22,7 +22,7 @@ cross-checked with the operator's ``metatide_operator_api_requests_total``; etcd
 minute (``etcd_server_proposals_committed_total``, ``etcd_mvcc_put_total``); p50/p95 latency
 from trigger to plan Job created and from a Job's completion to the next phase's Job.
 
-    PYTHONSAFEPATH=1 .venv/bin/python bench/operator_fleet.py [--resources 300] [--idle-seconds 360]
+    .venv/bin/python bench/operator_fleet.py [--resources 300] [--idle-seconds 360]
 
 Targets: idle fleet 0 status writes per minute and < 1 request per second in total; operator
 RSS <= 200 MiB at 300 resources; p95 trigger -> Job <= 5 s.
@@ -54,7 +54,7 @@ from _apiserver import Client, ControlPlane, metrics, plain_metric
 from _common import REPO_DIR, child_env, cli, machine, table, update_results
 from localkube.testkit import wait_for  # on sys.path through _apiserver
 
-from metatide.extractor.documents import PlanResult, RunSummary
+from metatide.extractor.core.documents import PlanResult, RunSummary
 
 JSON = dict[str, Any]
 GROUP_PATH = "/apis/metatide.dev/v1alpha1"

@@ -7,8 +7,8 @@ bench/_catalog.py (a. full run, b. no-change run, c. 1 % of the tables altered),
 fresh process. Added columns are dropped again afterwards, so the cached catalog stays
 valid. Figures go to stdout and to bench/results.json.
 
-    PYTHONSAFEPATH=1 uv run python bench/postgres_catalog.py [--recreate] [--repeat 2]
-    METATIDE_BENCH_PG_DATABASE=metatide_bench_100k PYTHONSAFEPATH=1 uv run python \
+    uv run python bench/postgres_catalog.py [--recreate] [--repeat 2]
+    METATIDE_BENCH_PG_DATABASE=metatide_bench_100k uv run python \
         bench/postgres_catalog.py --schemas 200 --repeat 1     # 100,000 tables / 2,000,000 columns
 
 The admin DSN comes from METATIDE_TEST_PG_DSN (default: the CI PostgreSQL on 127.0.0.1:55432);

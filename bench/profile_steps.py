@@ -1,6 +1,6 @@
 """Time the steps of plan and finalize in one warm process on the synthetic state.
 
-    PYTHONSAFEPATH=1 uv run python bench/profile_steps.py --tables 1000000
+    uv run python bench/profile_steps.py --tables 1000000
 
 Wraps the named internal steps with timers (cumulative seconds per step; steps that run
 concurrently on the event loop overlap, so their sum exceeds the phase's wall time), then runs
@@ -27,8 +27,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import finalize_synthetic as synthetic
 
-from metatide.extractor import build, changes, layers, logs, merge
+from metatide.extractor.core import logs
+from metatide.extractor.engine import build, changes, merge
 from metatide.extractor.phases import finalize, plan
+from metatide.extractor.state import layers
 from metatide.extractor.storage import LocalStore
 
 STEPS: dict[ModuleType, list[str]] = {

@@ -1,6 +1,6 @@
 """Print the final table of all benchmarks from bench/results.json (targets and verdicts).
 
-    PYTHONSAFEPATH=1 uv run python bench/report.py [--json]
+    uv run python bench/report.py [--json]
 
 The benchmark scripts write their sections of results.json (postgres_catalog.py,
 mysql_catalog.py, finalize_synthetic.py) and print this table at their end; run this to see it

@@ -32,7 +32,7 @@ import pytest
 import yaml
 from localkube.testkit import Cluster, wait_for
 
-from metatide.extractor import faults
+from metatide.extractor.cli import faults
 from tests.services import (
     create_database,
     create_mysql_database,
@@ -201,7 +201,7 @@ def resource(name: str, world: JSON, **spec: Any) -> JSON:
 
 
 def fault_env(fault: str) -> dict[str, str]:
-    """spec.job.env that injects `fault` (see extractor/faults.py): the fault variable and the
+    """spec.job.env that injects `fault` (see extractor/cli/faults.py): the fault variable and the
     harness variable without which the image ignores it."""
     return {faults.VARIABLE: fault, faults.HARNESS_VARIABLE: "1"}
 

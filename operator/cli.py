@@ -1,6 +1,6 @@
 """The full `metatide` command: the engine's commands plus the Kubernetes ones.
 
-The engine's CLI (`metatide.extractor.cli`) must not know the operator (layers point down
+The engine's CLI (`metatide.extractor.cli.app`) must not know the operator (layers point down
 only), so the console script starts here and adds `operator` and `crd` to the engine's app.
 """
 
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from metatide.extractor.cli import app
+from metatide.extractor.cli.app import app
 
 DEFAULT_METRICS_PORT = 8080
 DEFAULT_HEALTH_PORT = 8081
@@ -67,7 +67,7 @@ def run_operator(
     ] = 300.0,
 ) -> None:
     """Run the operator that reconciles IncrementalExtraction resources into Jobs."""
-    from metatide.extractor import logs
+    from metatide.extractor.core import logs
     from metatide.operator.controller import ControllerSettings
     from metatide.operator.jobs import JobDefaults, default_image
     from metatide.operator.main import Endpoints, run

@@ -30,7 +30,7 @@ from typing import Any, Final
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
-from metatide.extractor.documents import ExtractionStatus, JobProblem
+from metatide.extractor.core.documents import ExtractionStatus, JobProblem
 from metatide.operator import metrics
 from metatide.operator.diagnose import event_problem, pod_problem, termination_message
 from metatide.operator.jobs import JobDefaults

@@ -41,7 +41,7 @@ import yaml
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
 
-from metatide.extractor.documents import ExtractionStatus
+from metatide.extractor.core.documents import ExtractionStatus
 from metatide.operator.model import (
     GROUP,
     KIND,
@@ -55,7 +55,7 @@ Schema = dict[str, Any]
 
 CRD_NAME: Final = f"{PLURAL}.{GROUP}"
 CRD_FILE: Final = f"crds/{CRD_NAME}.yaml"
-REGENERATE_COMMAND: Final = f"PYTHONSAFEPATH=1 uv run metatide crd > {CRD_FILE}"
+REGENERATE_COMMAND: Final = f"uv run metatide crd > {CRD_FILE}"
 CATEGORY: Final = "metatide"
 
 # Keywords copied as they are (after their values are checked to be plain data).

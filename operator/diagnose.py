@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from metatide.extractor.documents import JobProblem
+from metatide.extractor.core.documents import JobProblem
 
 WAITING_PROBLEMS: Final = frozenset(
     {

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any, Final, Literal
 
-from metatide.extractor.documents import CurrentRun
-from metatide.extractor.errors import EXIT_TERMINAL
+from metatide.extractor.core.documents import CurrentRun
+from metatide.extractor.core.errors import EXIT_TERMINAL
 from metatide.operator.model import GROUP, KIND, VERSION, IncrementalExtractionSpec
 from metatide.operator.names import Phase, labels, object_name
 

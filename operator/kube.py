@@ -40,7 +40,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from metatide.extractor.errors import MetatideError, RetryableError, TerminalError
+from metatide.extractor.core.errors import MetatideError, RetryableError, TerminalError
 from metatide.operator.model import GROUP, KIND, PLURAL, VERSION
 from metatide.operator.names import LABEL_PHASE, LABEL_RESOURCE, LABEL_RUN
 

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from pydantic import Field, field_validator
 
-from metatide.extractor.spec import ExtractionSpec, _Model
+from metatide.extractor.core.spec import ExtractionSpec, _Model
 
 GROUP = "metatide.dev"
 VERSION = "v1alpha1"

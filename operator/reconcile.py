@@ -11,7 +11,7 @@ A run moves Planning -> Extracting (only when there are column batches) -> Final
 run is written into status *before* its objects are created (the next reconcile creates them
 by deterministic names), so a restarted operator resumes the run it recorded and never starts
 a second one. Plan's result and finalize's summary are read as the typed documents the engine
-prints (`metatide.extractor.documents`).
+prints (`metatide.extractor.core.documents`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from metatide.extractor.documents import (
+from metatide.extractor.core.documents import (
     BatchProgress,
     CurrentRun,
     ExtractionStatus,
@@ -38,7 +38,7 @@ from metatide.extractor.documents import (
     ScheduleStop,
     Trigger,
 )
-from metatide.extractor.ids import new_run_id
+from metatide.extractor.core.ids import new_run_id
 from metatide.operator.jobs import JobDefaults, phase_job, spec_config_map
 from metatide.operator.model import (
     RUN_REQUESTED_ANNOTATION,

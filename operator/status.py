@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from metatide.extractor.documents import Condition, ConditionType
+from metatide.extractor.core.documents import Condition, ConditionType
 
 
 def condition(

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from metatide.extractor.core.spec import ExtractionSpec
 from metatide.extractor.phases.run import run
-from metatide.extractor.spec import ExtractionSpec
-from metatide.extractor.state import read_committed
+from metatide.extractor.state.files import read_committed
 from metatide.extractor.storage import open_store
 from tests.faults import CrashPoint, FaultyStore, InjectedCrashError
 from tests.harness import assert_same_state, committed_state, full_state, run_pipeline
@@ -34,7 +34,7 @@ def crash_in_child(spec: ExtractionSpec, point: CrashPoint, workdir: Path) -> No
     child = Path(__file__).with_name("crash_child.py")
     completed = subprocess.run(
         [sys.executable, str(child), str(spec_file), point.name, str(workdir)],
-        env={**os.environ, "PYTHONSAFEPATH": "1"},
+        env={**os.environ},
         capture_output=True,
         text=True,
         timeout=300,

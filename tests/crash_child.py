@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # append: never shadow the stdlib
 
+from metatide.extractor.core.spec import load_spec_file
 from metatide.extractor.phases.run import run
-from metatide.extractor.spec import load_spec_file
 from metatide.extractor.storage import open_store
 from tests.faults import CRASH_POINTS, FaultyStore
 

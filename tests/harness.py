@@ -17,27 +17,32 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from metatide.extractor import duck
-from metatide.extractor.changes import (
+from metatide.extractor.core.errors import StateCorruptError
+from metatide.extractor.core.ids import ENTITIES, Entity, RunId
+from metatide.extractor.core.records import KEY_COLUMNS, SCHEMAS, conform, table_to_keys
+from metatide.extractor.core.scope import Scope
+from metatide.extractor.core.spec import DuckDBSpec, ExtractionSpec, parse_spec
+from metatide.extractor.engine import duck
+from metatide.extractor.engine.changes import (
     ChangeHeader,
     StatePair,
     change_records,
     sorted_records,
     stable_column_ids,
 )
-from metatide.extractor.diff import EntityDiff
-from metatide.extractor.errors import StateCorruptError
-from metatide.extractor.history import kept, reasons_between
-from metatide.extractor.ids import ENTITIES, Entity, RunId
-from metatide.extractor.layers import load_previous, logical_rows
-from metatide.extractor.marker import ISO_FORMAT
+from metatide.extractor.engine.diff import EntityDiff
+from metatide.extractor.engine.history import kept, reasons_between
 from metatide.extractor.phases.run import run
-from metatide.extractor.records import KEY_COLUMNS, SCHEMAS, conform, table_to_keys
-from metatide.extractor.runfiles import changes_key, diff_key
-from metatide.extractor.scope import Scope
 from metatide.extractor.sources import open_source
-from metatide.extractor.spec import DuckDBSpec, ExtractionSpec, parse_spec
-from metatide.extractor.state import fetch_verified, read_committed, read_parquet_files, sort_by_key
+from metatide.extractor.state.files import (
+    fetch_verified,
+    read_committed,
+    read_parquet_files,
+    sort_by_key,
+)
+from metatide.extractor.state.layers import load_previous, logical_rows
+from metatide.extractor.state.marker import ISO_FORMAT
+from metatide.extractor.state.runfiles import changes_key, diff_key
 from metatide.extractor.storage import KeyNotFoundError, Store, open_store
 
 State = dict[Entity, pa.Table]

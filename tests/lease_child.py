@@ -12,11 +12,11 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # append: never shadow the stdlib
 
-from metatide.extractor.ids import parse_run_id
+from metatide.extractor.core.ids import parse_run_id
+from metatide.extractor.core.spec import load_spec_file
 from metatide.extractor.phases.columns import extract_batch
 from metatide.extractor.phases.plan import plan
 from metatide.extractor.sources import open_source
-from metatide.extractor.spec import load_spec_file
 from metatide.extractor.storage import open_store
 from tests.slow_source import SlowColumns
 

@@ -13,8 +13,8 @@ from typing import Self
 
 import pyarrow as pa
 
-from metatide.extractor.ids import TableKey
-from metatide.extractor.scope import Scope
+from metatide.extractor.core.ids import TableKey
+from metatide.extractor.core.scope import Scope
 from metatide.extractor.sources import ColumnsResult, Source
 
 

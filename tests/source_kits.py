@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metatide.extractor.core.spec import ExtractionSpec
 from metatide.extractor.sources import Capabilities
-from metatide.extractor.spec import ExtractionSpec
 from tests.harness import make_spec
 from tests.services import (
     create_database,

@@ -190,7 +190,6 @@ def relay_argv(ports: Ports, net: Network) -> list[str]:
 def _python_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(E2E_DIR)
-    env["PYTHONSAFEPATH"] = "1"
     return env
 
 

@@ -15,19 +15,19 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from metatide.extractor.errors import SpecError
-from metatide.extractor.ids import RunId
-from metatide.extractor.lease import kept_lease, read_plan_of_live_run
-from metatide.extractor.logs import log, phase_logging
-from metatide.extractor.records import TABLE_KEY_SCHEMA, table_to_keys
-from metatide.extractor.runfiles import (
+from metatide.extractor.core.errors import SpecError
+from metatide.extractor.core.ids import RunId
+from metatide.extractor.core.logs import log, phase_logging
+from metatide.extractor.core.records import TABLE_KEY_SCHEMA, table_to_keys
+from metatide.extractor.sources import ColumnsResult, Source
+from metatide.extractor.state.lease import kept_lease, read_plan_of_live_run
+from metatide.extractor.state.runfiles import (
     BATCH_SCHEMA,
     batch_request_key,
     batch_result_key,
     read_table,
     write_table,
 )
-from metatide.extractor.sources import ColumnsResult, Source
 from metatide.extractor.storage import Store
 
 

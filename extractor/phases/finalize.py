@@ -22,10 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from metatide.extractor.baseline import read_baseline
-from metatide.extractor.build import Built, RunInputs, build_state
-from metatide.extractor.diff import EntityDiff
-from metatide.extractor.documents import (
+from metatide.extractor.core.documents import (
     Baseline,
     BytesRead,
     ChangeCounts,
@@ -34,33 +31,38 @@ from metatide.extractor.documents import (
     RunSummary,
     TableCounts,
 )
-from metatide.extractor.errors import (
+from metatide.extractor.core.errors import (
     IncompleteRunError,
     LeaseLostError,
     StateConflictError,
     StateCorruptError,
 )
-from metatide.extractor.gc import collect_garbage
-from metatide.extractor.guard import check_mass_delete
-from metatide.extractor.ids import ENTITIES, Entity, RunId
-from metatide.extractor.lease import (
+from metatide.extractor.core.ids import ENTITIES, Entity, RunId
+from metatide.extractor.core.logs import log, phase_logging
+from metatide.extractor.core.progress import NoProgress, Progress
+from metatide.extractor.core.records import (
+    DATABASE_SCHEMA,
+    SCHEMA_SCHEMA,
+    TABLE_KEY_SCHEMA,
+    table_to_keys,
+)
+from metatide.extractor.core.spec import ExtractionSpec
+from metatide.extractor.engine.build import Built, RunInputs, build_state
+from metatide.extractor.engine.diff import EntityDiff
+from metatide.extractor.engine.guard import check_mass_delete
+from metatide.extractor.state.baseline import read_baseline
+from metatide.extractor.state.files import encode_parquet
+from metatide.extractor.state.gc import collect_garbage
+from metatide.extractor.state.lease import (
     HeldLease,
     kept_lease,
     read_plan_of_live_run,
     release_lease,
     renew_lease,
 )
-from metatide.extractor.logs import log, phase_logging
-from metatide.extractor.manifest import MANIFEST_KEY, Manifest, parse_manifest
-from metatide.extractor.marker import MARKER_KEY, format_marker
-from metatide.extractor.progress import NoProgress, Progress
-from metatide.extractor.records import (
-    DATABASE_SCHEMA,
-    SCHEMA_SCHEMA,
-    TABLE_KEY_SCHEMA,
-    table_to_keys,
-)
-from metatide.extractor.runfiles import (
+from metatide.extractor.state.manifest import MANIFEST_KEY, Manifest, parse_manifest
+from metatide.extractor.state.marker import MARKER_KEY, format_marker
+from metatide.extractor.state.runfiles import (
     BATCH_SCHEMA,
     DELETED_TABLE_SCHEMA,
     PLANNED_TABLE_SCHEMA,
@@ -75,8 +77,6 @@ from metatide.extractor.runfiles import (
     read_table,
     summary_key,
 )
-from metatide.extractor.spec import ExtractionSpec
-from metatide.extractor.state import encode_parquet
 from metatide.extractor.storage import KeyNotFoundError, Store, StoredObject
 from metatide.extractor.storage.meter import metering
 

@@ -19,31 +19,19 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from metatide.extractor import duck
-from metatide.extractor.baseline import Baseline, read_baseline
-from metatide.extractor.classify import classify_tables, deleted_tables, renamed_tables
-from metatide.extractor.documents import PlanResult
-from metatide.extractor.guard import check_mass_delete
-from metatide.extractor.ids import RunId, new_run_id
-from metatide.extractor.layers import load_previous, logical_rows
-from metatide.extractor.lease import acquire_lease, kept_lease, release_lease
-from metatide.extractor.logs import log, phase_logging
-from metatide.extractor.manifest import Manifest
-from metatide.extractor.marker import default_marker, effective_marker, truncate_to_seconds
-from metatide.extractor.progress import NoProgress, Progress
-from metatide.extractor.records import TABLE_KEY_COLUMNS, TABLE_SCHEMA
-from metatide.extractor.runfiles import (
-    TABLE_REASONS,
-    TABLE_STATES,
-    PlanDocument,
-    batch_request_key,
-    plan_key,
-    write_table,
-)
-from metatide.extractor.scope import Scope
+from metatide.extractor.core.documents import PlanResult
+from metatide.extractor.core.ids import RunId, new_run_id
+from metatide.extractor.core.logs import log, phase_logging
+from metatide.extractor.core.progress import NoProgress, Progress
+from metatide.extractor.core.records import TABLE_KEY_COLUMNS, TABLE_SCHEMA
+from metatide.extractor.core.scope import Scope
+from metatide.extractor.core.spec import ExtractionSpec
+from metatide.extractor.engine import duck
+from metatide.extractor.engine.classify import classify_tables, deleted_tables, renamed_tables
+from metatide.extractor.engine.guard import check_mass_delete
 from metatide.extractor.sources import Source
-from metatide.extractor.spec import ExtractionSpec
-from metatide.extractor.state import (
+from metatide.extractor.state.baseline import Baseline, read_baseline
+from metatide.extractor.state.files import (
     BadFile,
     Fetched,
     assign_buckets,
@@ -52,6 +40,18 @@ from metatide.extractor.state import (
     fetch_files,
     fetch_verified,
     verify_files,
+)
+from metatide.extractor.state.layers import load_previous, logical_rows
+from metatide.extractor.state.lease import acquire_lease, kept_lease, release_lease
+from metatide.extractor.state.manifest import Manifest
+from metatide.extractor.state.marker import default_marker, effective_marker, truncate_to_seconds
+from metatide.extractor.state.runfiles import (
+    TABLE_REASONS,
+    TABLE_STATES,
+    PlanDocument,
+    batch_request_key,
+    plan_key,
+    write_table,
 )
 from metatide.extractor.storage import Store
 from metatide.extractor.storage.meter import metering

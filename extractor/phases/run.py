@@ -12,16 +12,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from metatide.extractor.documents import RunSummary
-from metatide.extractor.errors import TerminalError
-from metatide.extractor.ids import RunId
-from metatide.extractor.lease import release_lease
+from metatide.extractor.core.documents import RunSummary
+from metatide.extractor.core.errors import TerminalError
+from metatide.extractor.core.ids import RunId
+from metatide.extractor.core.progress import NoProgress, Progress
+from metatide.extractor.core.spec import ExtractionSpec
 from metatide.extractor.phases.columns import BatchResult, extract_batch
 from metatide.extractor.phases.finalize import finalize
 from metatide.extractor.phases.plan import plan
-from metatide.extractor.progress import NoProgress, Progress
 from metatide.extractor.sources import Source, open_source
-from metatide.extractor.spec import ExtractionSpec
+from metatide.extractor.state.lease import release_lease
 from metatide.extractor.storage import Store
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Final
 
+from metatide.extractor.core.spec import ExtractionSpec
 from metatide.extractor.sources.base import Capabilities, ColumnsResult, Source
-from metatide.extractor.spec import ExtractionSpec
 
 __all__ = ["Capabilities", "ColumnsResult", "Source", "open_source"]
 

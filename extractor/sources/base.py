@@ -2,7 +2,7 @@
 
 A source lists databases, schemas and tables (each table with a DDL time and/or a
 fingerprint), returns columns for a given list of tables, and tells the database's clock.
-Rows come back as Arrow tables in the schemas of `metatide.extractor.records`. Sources filter
+Rows come back as Arrow tables in the schemas of `metatide.extractor.core.records`. Sources filter
 coarsely by scope to save work; the engine applies the scope exactly. Each source declares
 its `Capabilities`; tests/integration/test_source_contract.py holds every source to them.
 """
@@ -17,8 +17,8 @@ from typing import Protocol, Self
 
 import pyarrow as pa
 
-from metatide.extractor.ids import TableKey
-from metatide.extractor.scope import Scope
+from metatide.extractor.core.ids import TableKey
+from metatide.extractor.core.scope import Scope
 
 FINGERPRINT_HEX_DIGITS = 32
 """Fingerprints are the first 128 bits of a SHA-256, in hex: collisions are out of reach for

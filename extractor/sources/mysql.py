@@ -69,16 +69,17 @@ import pyarrow as pa
 from asyncmy import errors as driver  # type: ignore[import-untyped,unused-ignore]
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from metatide.extractor.errors import (
+from metatide.extractor.core.errors import (
     CredentialsError,
     MetatideError,
     SourceUnavailableError,
     SpecError,
 )
-from metatide.extractor.ids import TableKey
-from metatide.extractor.logs import log
-from metatide.extractor.records import COLUMN_SCHEMA, TABLE_SCHEMA, rows_to_table
-from metatide.extractor.scope import Scope
+from metatide.extractor.core.ids import TableKey
+from metatide.extractor.core.logs import log
+from metatide.extractor.core.records import COLUMN_SCHEMA, TABLE_SCHEMA, rows_to_table
+from metatide.extractor.core.scope import Scope
+from metatide.extractor.core.spec import MysqlSourceSpec, TlsSpec
 from metatide.extractor.sources.base import (
     FINGERPRINT_HEX_DIGITS,
     Capabilities,
@@ -87,7 +88,6 @@ from metatide.extractor.sources.base import (
     reveals_secret,
     scrub,
 )
-from metatide.extractor.spec import MysqlSourceSpec, TlsSpec
 
 DATABASE: Final = "default"
 """The one metatide database of a MySQL server; MySQL databases are its schemas."""

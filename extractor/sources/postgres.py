@@ -62,15 +62,16 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from metatide.extractor.errors import (
+from metatide.extractor.core.errors import (
     CredentialsError,
     MetatideError,
     SourceUnavailableError,
     SpecError,
 )
-from metatide.extractor.ids import TableKey
-from metatide.extractor.records import COLUMN_SCHEMA, TABLE_SCHEMA, rows_to_table
-from metatide.extractor.scope import Scope
+from metatide.extractor.core.ids import TableKey
+from metatide.extractor.core.records import COLUMN_SCHEMA, TABLE_SCHEMA, rows_to_table
+from metatide.extractor.core.scope import Scope
+from metatide.extractor.core.spec import PostgresSourceSpec
 from metatide.extractor.sources.base import (
     Capabilities,
     ClosingSource,
@@ -78,7 +79,6 @@ from metatide.extractor.sources.base import (
     reveals_secret,
     scrub,
 )
-from metatide.extractor.spec import PostgresSourceSpec
 
 _IDLE_CONNECTIONS: Final = 4
 _CONNECT_ATTEMPTS: Final = 3

@@ -39,17 +39,17 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from metatide.extractor.errors import SourceUnavailableError
-from metatide.extractor.ids import TableKey
-from metatide.extractor.records import rows_to_table
-from metatide.extractor.scope import Scope
+from metatide.extractor.core.errors import SourceUnavailableError
+from metatide.extractor.core.ids import TableKey
+from metatide.extractor.core.records import rows_to_table
+from metatide.extractor.core.scope import Scope
+from metatide.extractor.core.spec import SqliteSourceSpec
 from metatide.extractor.sources.base import (
     FINGERPRINT_HEX_DIGITS,
     Capabilities,
     ClosingSource,
     ColumnsResult,
 )
-from metatide.extractor.spec import SqliteSourceSpec
 
 T = TypeVar("T")
 

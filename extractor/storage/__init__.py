@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from metatide.extractor.errors import SpecError
-from metatide.extractor.spec import ExtractionSpec
+from metatide.extractor.core.errors import SpecError
+from metatide.extractor.core.spec import ExtractionSpec
 from metatide.extractor.storage.base import KeyNotFoundError, ObjectInfo, Store, StoredObject
 from metatide.extractor.storage.local import LocalStore
 

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from metatide.extractor.errors import StorageUnavailableError
+from metatide.extractor.core.errors import StorageUnavailableError
 from metatide.extractor.storage.base import KeyNotFoundError, ObjectInfo, StoredObject
 from metatide.extractor.storage.meter import record_read, record_write
 

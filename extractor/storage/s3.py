@@ -64,14 +64,14 @@ from tenacity import (
 )
 from urllib3.exceptions import HTTPError, MaxRetryError, SSLError
 
-from metatide.extractor.errors import (
+from metatide.extractor.core.errors import (
     CredentialsError,
     MetatideError,
     SpecError,
     StorageUnavailableError,
     TerminalError,
 )
-from metatide.extractor.spec import ExtractionSpec
+from metatide.extractor.core.spec import ExtractionSpec
 from metatide.extractor.storage.base import KeyNotFoundError, ObjectInfo, StoredObject
 from metatide.extractor.storage.meter import record_read, record_write
 

@@ -21,16 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from metatide.extractor.documents import RunSummary
-from metatide.extractor.errors import IncompleteRunError, LeaseHeldError, LeaseLostError
-from metatide.extractor.ids import new_run_id
-from metatide.extractor.lease import LEASE_KEY, LeaseDocument
+from metatide.extractor.core.documents import RunSummary
+from metatide.extractor.core.errors import IncompleteRunError, LeaseHeldError, LeaseLostError
+from metatide.extractor.core.ids import new_run_id
+from metatide.extractor.core.spec import ExtractionSpec
 from metatide.extractor.phases.columns import extract_batch
 from metatide.extractor.phases.finalize import finalize
 from metatide.extractor.phases.plan import plan
 from metatide.extractor.phases.run import run
 from metatide.extractor.sources import open_source
-from metatide.extractor.spec import ExtractionSpec
+from metatide.extractor.state.lease import LEASE_KEY, LeaseDocument
 from metatide.extractor.storage import open_store
 from tests.harness import make_spec
 from tests.services import (
@@ -120,7 +120,7 @@ def test_a_killed_holder_is_taken_over_after_expiry_and_never_finalizes(
             str(tmp_path / "child"),
             "600",
         ],
-        env={**os.environ, "PYTHONSAFEPATH": "1"},
+        env={**os.environ},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -24,15 +24,15 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow as pa
 import pytest
 
-from metatide.extractor.errors import (
+from metatide.extractor.core.errors import (
     CredentialsError,
     SourceUnavailableError,
     SpecError,
 )
-from metatide.extractor.marker import truncate_to_seconds
-from metatide.extractor.scope import Scope
+from metatide.extractor.core.scope import Scope
+from metatide.extractor.core.spec import MysqlSourceSpec
 from metatide.extractor.sources.mysql import MysqlSource
-from metatide.extractor.spec import MysqlSourceSpec
+from metatide.extractor.state.marker import truncate_to_seconds
 from tests.services import (
     create_mysql_database,
     drop_mysql_database,

@@ -21,14 +21,14 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from metatide.extractor.ids import RunId
+from metatide.extractor.core.ids import RunId
+from metatide.extractor.core.spec import ExtractionSpec
 from metatide.extractor.phases.columns import extract_batch
 from metatide.extractor.phases.finalize import finalize
 from metatide.extractor.phases.plan import plan
-from metatide.extractor.runfiles import changes_key, diff_key
 from metatide.extractor.sources import mysql as mysql_source
 from metatide.extractor.sources import open_source
-from metatide.extractor.spec import ExtractionSpec
+from metatide.extractor.state.runfiles import changes_key, diff_key
 from metatide.extractor.storage import open_store
 from tests.harness import (
     assert_same_state,

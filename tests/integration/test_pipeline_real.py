@@ -18,16 +18,16 @@ from typing import Any
 
 import pytest
 
-from metatide.extractor.errors import (
+from metatide.extractor.core.errors import (
     EXIT_TERMINAL,
     CredentialsError,
     MetatideError,
     SourceUnavailableError,
     StateCorruptError,
 )
-from metatide.extractor.ids import RunId
-from metatide.extractor.manifest import MANIFEST_KEY
-from metatide.extractor.spec import ExtractionSpec
+from metatide.extractor.core.ids import RunId
+from metatide.extractor.core.spec import ExtractionSpec
+from metatide.extractor.state.manifest import MANIFEST_KEY
 from metatide.extractor.storage import open_store
 from tests.crash_checks import check_recovery, crash_in_child, crash_in_process
 from tests.faults import CRASH_POINTS, CrashPoint
@@ -236,7 +236,7 @@ def _cli(spec: ExtractionSpec, tmp_path: Path, env: dict[str, str], *args: str) 
         [str(METATIDE), *args, "--config", str(spec_file)],
         capture_output=True,
         text=True,
-        env={**os.environ, **env, "METATIDE_LOG_FORMAT": "json", "PYTHONSAFEPATH": "1"},
+        env={**os.environ, **env, "METATIDE_LOG_FORMAT": "json"},
         timeout=300,
         check=False,
     )

@@ -23,18 +23,18 @@ import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import pyarrow as pa
 import pytest
 
-from metatide.extractor.errors import (
+from metatide.extractor.core.errors import (
     CredentialsError,
     MetatideError,
     SourceUnavailableError,
     SpecError,
 )
-from metatide.extractor.ids import TableKey
-from metatide.extractor.records import COLUMN_SCHEMA, TABLE_SCHEMA
-from metatide.extractor.scope import Scope
+from metatide.extractor.core.ids import TableKey
+from metatide.extractor.core.records import COLUMN_SCHEMA, TABLE_SCHEMA
+from metatide.extractor.core.scope import Scope
+from metatide.extractor.core.spec import PostgresSourceSpec, ScopeRule, ScopeSpec, SecretRef
 from metatide.extractor.sources import postgres
 from metatide.extractor.sources.postgres import PostgresSource, UnknownDatabaseError
-from metatide.extractor.spec import PostgresSourceSpec, ScopeRule, ScopeSpec, SecretRef
 from tests.services import (
     create_database,
     drop_database,

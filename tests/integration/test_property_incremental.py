@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from metatide.extractor.ids import RunId
+from metatide.extractor.core.ids import RunId
 from metatide.extractor.storage import open_store
 from tests.harness import (
     State,

@@ -24,12 +24,12 @@ import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import pyarrow.parquet as pq
 import pytest
 
-from metatide.extractor.changes import sorted_records
-from metatide.extractor.history import diff_between, kept, read_rows, table_history
-from metatide.extractor.ids import RunId
-from metatide.extractor.runfiles import changes_key
-from metatide.extractor.spec import ExtractionSpec
-from metatide.extractor.state import bucket_of
+from metatide.extractor.core.ids import RunId
+from metatide.extractor.core.spec import ExtractionSpec
+from metatide.extractor.engine.changes import sorted_records
+from metatide.extractor.engine.history import diff_between, kept, read_rows, table_history
+from metatide.extractor.state.files import bucket_of
+from metatide.extractor.state.runfiles import changes_key
 from metatide.extractor.storage import open_store
 from tests.harness import (
     assert_same_state,

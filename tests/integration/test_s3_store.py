@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from metatide.extractor.errors import (
+from metatide.extractor.core.errors import (
     CredentialsError,
     SpecError,
     StorageUnavailableError,
 )
-from metatide.extractor.spec import ExtractionSpec
+from metatide.extractor.core.spec import ExtractionSpec
 from metatide.extractor.storage import open_store
 from metatide.extractor.storage.s3 import LIST_PAGE, S3Store, _ConditionalSupport
 from tests.services import delete_bucket, fresh_bucket, require_s3, s3_client, s3_settings

@@ -25,9 +25,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from metatide.extractor.classify import classify_tables
-from metatide.extractor.duck import connect
-from metatide.extractor.errors import (
+from metatide.extractor.core.errors import (
     EXIT_RETRYABLE,
     EXIT_TERMINAL,
     CredentialsError,
@@ -35,12 +33,14 @@ from metatide.extractor.errors import (
     SourceUnavailableError,
     SpecError,
 )
-from metatide.extractor.ids import TableKey
-from metatide.extractor.marker import truncate_to_seconds
-from metatide.extractor.records import COLUMN_SCHEMA, TABLE_SCHEMA
-from metatide.extractor.scope import Scope
+from metatide.extractor.core.ids import TableKey
+from metatide.extractor.core.records import COLUMN_SCHEMA, TABLE_SCHEMA
+from metatide.extractor.core.scope import Scope
+from metatide.extractor.core.spec import DuckDBSpec, ExtractionSpec
+from metatide.extractor.engine.classify import classify_tables
+from metatide.extractor.engine.duck import connect
 from metatide.extractor.sources import ColumnsResult, open_source
-from metatide.extractor.spec import DuckDBSpec, ExtractionSpec
+from metatide.extractor.state.marker import truncate_to_seconds
 from tests.source_kits import DSN_ENV, KINDS, Kit, open_kit
 
 pytestmark = pytest.mark.integration

@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 
-from metatide.extractor.errors import StateCorruptError
-from metatide.extractor.manifest import MANIFEST_KEY, FileRef, Manifest
-from metatide.extractor.spec import ExtractionSpec
-from metatide.extractor.state import read_committed
+from metatide.extractor.core.errors import StateCorruptError
+from metatide.extractor.core.spec import ExtractionSpec
+from metatide.extractor.state.files import read_committed
+from metatide.extractor.state.manifest import MANIFEST_KEY, FileRef, Manifest
+from metatide.extractor.state.verify import verify_state
 from metatide.extractor.storage import Store, open_store
-from metatide.extractor.verify import verify_state
 from tests.harness import (
     assert_same_state,
     committed_state,

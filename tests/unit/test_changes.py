@@ -9,15 +9,15 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from metatide.extractor.changes import (
+from metatide.extractor.core.ids import ENTITIES, Entity
+from metatide.extractor.core.records import SCHEMAS
+from metatide.extractor.engine.changes import (
     CHANGE_SCHEMA,
     ChangeHeader,
     Reasons,
     StatePair,
     change_records,
 )
-from metatide.extractor.ids import ENTITIES, Entity
-from metatide.extractor.records import SCHEMAS
 
 HEADER = ChangeHeader(
     "20260101t000000z-00000002", "20260101t000000z-00000001", datetime(2026, 1, 1, tzinfo=UTC)

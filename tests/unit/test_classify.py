@@ -11,12 +11,12 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from metatide.extractor.classify import classify_tables, deleted_tables
-from metatide.extractor.duck import connect
-from metatide.extractor.records import rows_to_table
-from metatide.extractor.runfiles import DELETED_TABLE_SCHEMA
-from metatide.extractor.scope import Scope
-from metatide.extractor.spec import DuckDBSpec, ScopeSpec
+from metatide.extractor.core.records import rows_to_table
+from metatide.extractor.core.scope import Scope
+from metatide.extractor.core.spec import DuckDBSpec, ScopeSpec
+from metatide.extractor.engine.classify import classify_tables, deleted_tables
+from metatide.extractor.engine.duck import connect
+from metatide.extractor.state.runfiles import DELETED_TABLE_SCHEMA
 
 MARKER = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 BEFORE = MARKER - timedelta(days=3)

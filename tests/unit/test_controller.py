@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from kubernetes.config import kube_config
 
-from metatide.extractor.documents import ExtractionStatus
+from metatide.extractor.core.documents import ExtractionStatus
 from metatide.operator.controller import Controller, ControllerSettings
 from metatide.operator.diagnose import event_problem, pod_problem, termination_message
 from metatide.operator.jobs import JobDefaults

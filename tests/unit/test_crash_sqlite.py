@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from metatide.extractor.spec import ExtractionSpec
+from metatide.extractor.core.spec import ExtractionSpec
 from tests.crash_checks import check_recovery, crash_in_child, crash_in_process
 from tests.faults import CRASH_POINTS, CrashPoint
 from tests.harness import execute_sqlite as execute

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from metatide.extractor.specdoc import render
+from metatide.extractor.cli.specdoc import render
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,15 +21,15 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from metatide.extractor import logs
-from metatide.extractor.cli import app
-from metatide.extractor.documents import (
+from metatide.extractor.cli.app import app
+from metatide.extractor.core import logs
+from metatide.extractor.core.documents import (
     TERMINATION_MESSAGE_LIMIT,
     ExtractionStatus,
     PlanResult,
     RunSummary,
 )
-from metatide.extractor.lease import LeaseDocument
+from metatide.extractor.state.lease import LeaseDocument
 from metatide.operator import crd
 from metatide.operator.jobs import JobDefaults
 from metatide.operator.model import IncrementalExtractionSpec

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from metatide.extractor import faults
+from metatide.extractor.cli import faults
 
 
 @pytest.fixture(autouse=True)

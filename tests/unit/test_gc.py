@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from metatide.extractor.gc import collect_garbage
-from metatide.extractor.ids import ENTITIES, Entity, RunId
-from metatide.extractor.manifest import MANIFEST_KEY, FileRef, Manifest
-from metatide.extractor.marker import MARKER_KEY
-from metatide.extractor.runfiles import history_manifest_key, summary_key
-from metatide.extractor.state import state_key
+from metatide.extractor.core.ids import ENTITIES, Entity, RunId
+from metatide.extractor.state.files import state_key
+from metatide.extractor.state.gc import collect_garbage
+from metatide.extractor.state.manifest import MANIFEST_KEY, FileRef, Manifest
+from metatide.extractor.state.marker import MARKER_KEY
+from metatide.extractor.state.runfiles import history_manifest_key, summary_key
 from metatide.extractor.storage import LocalStore
 
 RUN1 = RunId("20250101t000000z-00000001")

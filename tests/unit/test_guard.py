@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from metatide.extractor.errors import EXIT_TERMINAL, MassDeleteRefusedError
-from metatide.extractor.guard import check_mass_delete
-from metatide.extractor.spec import MassDeleteGuardSpec
+from metatide.extractor.core.errors import EXIT_TERMINAL, MassDeleteRefusedError
+from metatide.extractor.core.spec import MassDeleteGuardSpec
+from metatide.extractor.engine.guard import check_mass_delete
 
 DEFAULT = MassDeleteGuardSpec()
 

@@ -13,18 +13,18 @@ from typing import Any
 
 import pytest
 
-from metatide.extractor.errors import (
+from metatide.extractor.core.errors import (
     MassDeleteRefusedError,
     NewerStateFormatError,
     StateCorruptError,
 )
-from metatide.extractor.manifest import MANIFEST_KEY, _document_hash
+from metatide.extractor.core.spec import ExtractionSpec
 from metatide.extractor.phases.columns import extract_batch
 from metatide.extractor.phases.finalize import finalize
 from metatide.extractor.phases.plan import plan
 from metatide.extractor.sources import open_source
-from metatide.extractor.spec import ExtractionSpec
-from metatide.extractor.state import read_committed
+from metatide.extractor.state.files import read_committed
+from metatide.extractor.state.manifest import MANIFEST_KEY, _document_hash
 from metatide.extractor.storage import open_store
 from tests.harness import (
     assert_same_state,

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from metatide.extractor.errors import (
+from metatide.extractor.core.errors import (
     EXIT_RETRYABLE,
     EXIT_TERMINAL,
     LeaseHeldError,
     LeaseLostError,
 )
-from metatide.extractor.ids import RunId
-from metatide.extractor.lease import (
+from metatide.extractor.core.ids import RunId
+from metatide.extractor.state.lease import (
     LEASE_KEY,
     LeaseDocument,
     acquire_lease,

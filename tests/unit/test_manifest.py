@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from metatide.extractor.errors import NewerStateFormatError, StateCorruptError
-from metatide.extractor.ids import ENTITIES, Entity, RunId
-from metatide.extractor.manifest import FORMAT_VERSION, FileRef, Manifest, parse_manifest
+from metatide.extractor.core.errors import NewerStateFormatError, StateCorruptError
+from metatide.extractor.core.ids import ENTITIES, Entity, RunId
+from metatide.extractor.state.manifest import FORMAT_VERSION, FileRef, Manifest, parse_manifest
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "manifest-v1.json"
 FIXTURE_V2 = Path(__file__).parent.parent / "fixtures" / "manifest-v2.json"

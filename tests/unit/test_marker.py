@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from metatide.extractor.errors import SpecError, StateCorruptError
-from metatide.extractor.marker import (
+from metatide.extractor.core.errors import SpecError, StateCorruptError
+from metatide.extractor.state.marker import (
     ISO_FORMAT,
     default_marker,
     effective_marker,

@@ -11,15 +11,19 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from metatide.extractor.diff import column_reasons, entity_diff, scope_reasons
-from metatide.extractor.duck import connect
-from metatide.extractor.ids import ENTITIES, Entity
-from metatide.extractor.layers import DELTA_TABLE_SCHEMA, create_logical_views
-from metatide.extractor.merge import BucketRows, create_views, new_files
-from metatide.extractor.records import TABLE_SCHEMA, rows_to_table
-from metatide.extractor.runfiles import BATCH_SCHEMA, DELETED_TABLE_SCHEMA, PLANNED_TABLE_SCHEMA
-from metatide.extractor.scope import Scope
-from metatide.extractor.spec import DuckDBSpec, ScopeSpec
+from metatide.extractor.core.ids import ENTITIES, Entity
+from metatide.extractor.core.records import TABLE_SCHEMA, rows_to_table
+from metatide.extractor.core.scope import Scope
+from metatide.extractor.core.spec import DuckDBSpec, ScopeSpec
+from metatide.extractor.engine.diff import column_reasons, entity_diff, scope_reasons
+from metatide.extractor.engine.duck import connect
+from metatide.extractor.engine.merge import BucketRows, create_views, new_files
+from metatide.extractor.state.layers import DELTA_TABLE_SCHEMA, create_logical_views
+from metatide.extractor.state.runfiles import (
+    BATCH_SCHEMA,
+    DELETED_TABLE_SCHEMA,
+    PLANNED_TABLE_SCHEMA,
+)
 from tests.harness import empty_diff
 
 WHEN = datetime(2025, 1, 1, tzinfo=UTC)

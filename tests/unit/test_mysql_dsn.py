@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from metatide.extractor.errors import SpecError
+from metatide.extractor.core.errors import SpecError
 from metatide.extractor.sources.mysql import _Target
 
 SECRET = "p@ss:w/rd%"

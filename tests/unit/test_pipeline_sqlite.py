@@ -10,12 +10,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from metatide.extractor.errors import MassDeleteRefusedError
-from metatide.extractor.ids import RunId
-from metatide.extractor.manifest import MANIFEST_KEY
-from metatide.extractor.marker import MARKER_KEY
-from metatide.extractor.runfiles import diff_key
-from metatide.extractor.spec import ExtractionSpec
+from metatide.extractor.core.errors import MassDeleteRefusedError
+from metatide.extractor.core.ids import RunId
+from metatide.extractor.core.spec import ExtractionSpec
+from metatide.extractor.state.manifest import MANIFEST_KEY
+from metatide.extractor.state.marker import MARKER_KEY
+from metatide.extractor.state.runfiles import diff_key
 from metatide.extractor.storage import open_store
 from tests.harness import (
     assert_same_state,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from metatide.extractor.documents import (
+from metatide.extractor.core.documents import (
     CurrentRun,
     ExtractionStatus,
     JobProblem,

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from metatide.extractor.records import rows_to_table
-from metatide.extractor.scope import Scope
-from metatide.extractor.spec import ScopeRule, ScopeSpec
+from metatide.extractor.core.records import rows_to_table
+from metatide.extractor.core.scope import Scope
+from metatide.extractor.core.spec import ScopeRule, ScopeSpec
 
 
 def scope(

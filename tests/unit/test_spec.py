@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from metatide.extractor.errors import CredentialsError, SpecError
-from metatide.extractor.spec import (
+from metatide.extractor.core.errors import CredentialsError, SpecError
+from metatide.extractor.core.spec import (
     SEED_COLUMN_BATCH_SIZE,
     SEED_PREFIX_TEMPLATE,
     ExtractionSpec,

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from metatide.extractor.errors import IncompleteRunError, StateCorruptError
-from metatide.extractor.ids import RunId
-from metatide.extractor.records import COLUMN_SCHEMA, TABLE_KEY_COLUMNS, TABLE_SCHEMA
-from metatide.extractor.state import encode_parquet
+from metatide.extractor.core.errors import IncompleteRunError, StateCorruptError
+from metatide.extractor.core.ids import RunId
+from metatide.extractor.core.records import COLUMN_SCHEMA, TABLE_KEY_COLUMNS, TABLE_SCHEMA
+from metatide.extractor.state.files import encode_parquet
 from metatide.extractor.storage import KeyNotFoundError, Store
 
 TableState = Literal["CREATED", "UPDATED", "NO CHANGE", "BACKFILL"]
@@ -35,7 +35,7 @@ TableReason = Literal[
     "unchanged",
 ]
 TABLE_REASONS: Final[tuple[TableReason, ...]] = get_args(TableReason)
-"""Why plan classified a table as it did (see `metatide.extractor.classify`)."""
+"""Why plan classified a table as it did (see `metatide.extractor.engine.classify`)."""
 
 PLAN_FORMAT_VERSION: Final = 2
 

@@ -24,24 +24,29 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from metatide.extractor import duck
-from metatide.extractor.changes import (
+from metatide.extractor.core.errors import SpecError, StateCorruptError
+from metatide.extractor.core.ids import ENTITIES, Entity, RunId, TableKey
+from metatide.extractor.core.records import KEY_COLUMNS, SCHEMAS, TABLE_KEY_COLUMNS
+from metatide.extractor.core.scope import Scope
+from metatide.extractor.core.spec import ExtractionSpec
+from metatide.extractor.engine import duck
+from metatide.extractor.engine.changes import (
     ChangeHeader,
     Reasons,
     StatePair,
     change_records,
     stable_column_ids,
 )
-from metatide.extractor.errors import SpecError, StateCorruptError
-from metatide.extractor.gc import kept_states
-from metatide.extractor.ids import ENTITIES, Entity, RunId, TableKey
-from metatide.extractor.layers import load_previous, logical_rows
-from metatide.extractor.manifest import FileRef, Manifest
-from metatide.extractor.records import KEY_COLUMNS, SCHEMAS, TABLE_KEY_COLUMNS
-from metatide.extractor.runfiles import changes_key, plan_key
-from metatide.extractor.scope import Scope
-from metatide.extractor.spec import ExtractionSpec
-from metatide.extractor.state import bucket_of, fetch_verified, read_committed, read_parquet_files
+from metatide.extractor.state.files import (
+    bucket_of,
+    fetch_verified,
+    read_committed,
+    read_parquet_files,
+)
+from metatide.extractor.state.gc import kept_states
+from metatide.extractor.state.layers import load_previous, logical_rows
+from metatide.extractor.state.manifest import FileRef, Manifest
+from metatide.extractor.state.runfiles import changes_key, plan_key
 from metatide.extractor.storage import KeyNotFoundError, Store
 from metatide.extractor.storage.meter import IOMeter, metering
 

@@ -32,9 +32,9 @@ from datetime import datetime
 import duckdb
 import pyarrow as pa
 
-from metatide.extractor.records import TABLE_KEY_COLUMNS, TABLE_SCHEMA
-from metatide.extractor.runfiles import DELETED_TABLE_SCHEMA
-from metatide.extractor.scope import Scope
+from metatide.extractor.core.records import TABLE_KEY_COLUMNS, TABLE_SCHEMA
+from metatide.extractor.core.scope import Scope
+from metatide.extractor.state.runfiles import DELETED_TABLE_SCHEMA
 
 _REASON = """
 CASE

@@ -30,8 +30,8 @@ from typing import Final
 import duckdb
 import pyarrow as pa
 
-from metatide.extractor.ids import ENTITIES, Entity
-from metatide.extractor.records import KEY_COLUMNS, SCHEMAS, TABLE_KEY_COLUMNS
+from metatide.extractor.core.ids import ENTITIES, Entity
+from metatide.extractor.core.records import KEY_COLUMNS, SCHEMAS, TABLE_KEY_COLUMNS
 
 CHANGE_FORMAT_VERSION: Final = 1
 """Version of the change-record columns below; bumped on any change to them."""

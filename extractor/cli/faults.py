@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from metatide.extractor.errors import SpecError
+from metatide.extractor.core.errors import SpecError
 
 VARIABLE = "METATIDE_FAULT_INJECTION"
 HARNESS_VARIABLE = "METATIDE_TEST_HARNESS"
@@ -63,7 +63,7 @@ def _harness_allows(setting: str) -> bool:
         return True
     if not _warned:
         _warned = True
-        from metatide.extractor.logs import log
+        from metatide.extractor.core.logs import log
 
         log.warning(
             "fault_injection_ignored",

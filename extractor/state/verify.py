@@ -13,9 +13,9 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from metatide.extractor.errors import StateCorruptError
-from metatide.extractor.manifest import MANIFEST_KEY, REBUILD_ADVICE, parse_manifest
-from metatide.extractor.state import BadFile, verify_files
+from metatide.extractor.core.errors import StateCorruptError
+from metatide.extractor.state.files import BadFile, verify_files
+from metatide.extractor.state.manifest import MANIFEST_KEY, REBUILD_ADVICE, parse_manifest
 from metatide.extractor.storage import KeyNotFoundError, Store
 from metatide.extractor.storage.meter import metering
 

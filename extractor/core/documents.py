@@ -27,7 +27,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
-from metatide.extractor.ids import Entity
+from metatide.extractor.core.ids import Entity
 
 TERMINATION_MESSAGE_LIMIT: Final = 4000
 """Kubernetes keeps at most 4096 bytes of a container's termination message."""

@@ -12,10 +12,10 @@ look like garbage; a folder of a run newer than this one is left alone all the s
 
 from __future__ import annotations
 
-from metatide.extractor.errors import StateCorruptError
-from metatide.extractor.ids import RunId
-from metatide.extractor.manifest import MANIFEST_KEY, Manifest, parse_manifest
-from metatide.extractor.runfiles import history_manifest_key
+from metatide.extractor.core.errors import StateCorruptError
+from metatide.extractor.core.ids import RunId
+from metatide.extractor.state.manifest import MANIFEST_KEY, Manifest, parse_manifest
+from metatide.extractor.state.runfiles import history_manifest_key
 from metatide.extractor.storage import KeyNotFoundError, Store
 
 

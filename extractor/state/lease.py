@@ -27,15 +27,15 @@ from typing import Final
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
-from metatide.extractor.errors import (
+from metatide.extractor.core.errors import (
     IncompleteRunError,
     LeaseHeldError,
     LeaseLostError,
     RetryableError,
 )
-from metatide.extractor.ids import RunId
-from metatide.extractor.logs import log
-from metatide.extractor.runfiles import PlanDocument, read_plan
+from metatide.extractor.core.ids import RunId
+from metatide.extractor.core.logs import log
+from metatide.extractor.state.runfiles import PlanDocument, read_plan
 from metatide.extractor.storage import KeyNotFoundError, Store, StoredObject
 
 LEASE_KEY: Final = "lease.json"

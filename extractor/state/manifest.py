@@ -26,9 +26,9 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from metatide.extractor.errors import NewerStateFormatError, StateCorruptError
-from metatide.extractor.ids import ENTITIES, Entity, RunId
-from metatide.extractor.records import RECORD_VERSION
+from metatide.extractor.core.errors import NewerStateFormatError, StateCorruptError
+from metatide.extractor.core.ids import ENTITIES, Entity, RunId
+from metatide.extractor.core.records import RECORD_VERSION
 
 MANIFEST_KEY: Final = "current-state/_manifest.json"
 FORMAT_VERSION: Final = 4

@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from metatide.extractor.errors import CredentialsError, SpecError
+from metatide.extractor.core.errors import CredentialsError, SpecError
 
 SEED_PREFIX_TEMPLATE = "persistent-artifacts/apps/{application_name}/connection/{connection_id}"
 SEED_MARKER_FORMAT = "%Y-%m-%dT%H:%M:%SZ"

@@ -20,12 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 
-from metatide.extractor.changes import sorted_records
-from metatide.extractor.console import changes_table
-from metatide.extractor.ids import RunId
+from metatide.extractor.cli.console import changes_table
+from metatide.extractor.core.ids import RunId
+from metatide.extractor.core.spec import ExtractionSpec, parse_spec
+from metatide.extractor.engine.changes import sorted_records
 from metatide.extractor.phases.run import run
-from metatide.extractor.runfiles import changes_key
-from metatide.extractor.spec import ExtractionSpec, parse_spec
+from metatide.extractor.state.runfiles import changes_key
 from metatide.extractor.storage import Store, open_store
 
 FIRST_SCHEMA = """

@@ -16,8 +16,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from metatide.extractor.layers import DELTA_TABLE_SCHEMA, TABLE_KEYS
-from metatide.extractor.records import COLUMN_SCHEMA, TABLE_SCHEMA, conform
+from metatide.extractor.core.records import COLUMN_SCHEMA, TABLE_SCHEMA, conform
+from metatide.extractor.state.layers import DELTA_TABLE_SCHEMA, TABLE_KEYS
 
 _TABLE_COLUMNS = ", ".join(TABLE_SCHEMA.names)
 _COLUMN_COLUMNS = ", ".join(f"f.{name}" for name in COLUMN_SCHEMA.names)

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from metatide.extractor import faults
-from metatide.extractor.errors import EXIT_TERMINAL, EXIT_UNEXPECTED, MetatideError, SpecError
-from metatide.extractor.ids import RunId, parse_run_id
-from metatide.extractor.progress import NoProgress, Progress
+from metatide.extractor.cli import faults
+from metatide.extractor.core.errors import EXIT_TERMINAL, EXIT_UNEXPECTED, MetatideError, SpecError
+from metatide.extractor.core.ids import RunId, parse_run_id
+from metatide.extractor.core.progress import NoProgress, Progress
 
 if TYPE_CHECKING:
-    from metatide.extractor.documents import PlanResult, ResultDocument, RunSummary
-    from metatide.extractor.spec import ExtractionSpec
+    from metatide.extractor.core.documents import PlanResult, ResultDocument, RunSummary
+    from metatide.extractor.core.spec import ExtractionSpec
 
 T = TypeVar("T")
 
@@ -37,7 +37,7 @@ T = TypeVar("T")
 def _logs() -> Any:
     """The logging module, imported on first use: `metatide --help` needs neither it nor the
     spec model, and start-up time is paid by every Job pod (see bench/README.md)."""
-    from metatide.extractor import logs
+    from metatide.extractor.core import logs
 
     return logs
 
@@ -80,7 +80,7 @@ AllowMassDeleteOption = Annotated[
 def _load_spec(
     config: Path | None, force_full: bool = False, allow_mass_delete: bool = False
 ) -> ExtractionSpec:
-    from metatide.extractor.spec import load_spec_file, load_spec_json
+    from metatide.extractor.core.spec import load_spec_file, load_spec_json
 
     if config is not None:
         spec = load_spec_file(config)
@@ -169,7 +169,7 @@ def _progress() -> Iterator[Progress]:
     """Progress bars on a terminal, nothing otherwise (Job logs carry the counts)."""
     progress: Progress = NoProgress()
     if sys.stderr.isatty():
-        from metatide.extractor.console import RichProgress
+        from metatide.extractor.cli.console import RichProgress
 
         progress = RichProgress()
     try:
@@ -302,8 +302,8 @@ def run(
 @app.command()
 def verify(config: ConfigOption = None) -> None:
     """Check every file of the committed state against its manifest; exit 3 if one is damaged."""
+    from metatide.extractor.state.verify import verify_state
     from metatide.extractor.storage import open_store
-    from metatide.extractor.verify import verify_state
 
     _logs().configure(os.environ.get("METATIDE_LOG_LEVEL", "INFO"))
     try:
@@ -339,8 +339,8 @@ def _look_back(config: Path | None, work: Callable[..., Coroutine[Any, Any, None
 
 
 def _print_rows(rows: Any, as_json: bool, title: str, entity: str = "table") -> None:
-    from metatide.extractor.changes import change_lines
-    from metatide.extractor.console import changes_table, print_table, rows_table
+    from metatide.extractor.cli.console import changes_table, print_table, rows_table
+    from metatide.extractor.engine.changes import change_lines
 
     if "change" in rows.column_names and "changed_fields" in rows.column_names:
         if as_json:
@@ -371,7 +371,7 @@ def show(
     as_json: JsonOption = False,
 ) -> None:
     """The state as of a kept run: its databases, schemas, tables or columns."""
-    from metatide.extractor.history import kept, pick, read_rows, select_rows
+    from metatide.extractor.engine.history import kept, pick, read_rows, select_rows
 
     async def work(spec: ExtractionSpec, store: Any, workdir: Path) -> None:
         manifest = pick(await kept(store, spec.state.keep_runs), as_of, "show")
@@ -392,7 +392,7 @@ def diff(
     as_json: JsonOption = False,
 ) -> None:
     """Change records between two kept states, computed from the states themselves."""
-    from metatide.extractor.history import diff_between, kept, pick
+    from metatide.extractor.engine.history import diff_between, kept, pick
 
     async def work(spec: ExtractionSpec, store: Any, workdir: Path) -> None:
         if not from_run:
@@ -412,7 +412,7 @@ def history(
     as_json: JsonOption = False,
 ) -> None:
     """A table's versions across the kept states, and what changed each time."""
-    from metatide.extractor.history import resolve_table, table_history
+    from metatide.extractor.engine.history import resolve_table, table_history
 
     async def work(spec: ExtractionSpec, store: Any, workdir: Path) -> None:
         key = await resolve_table(store, spec, table, workdir)
@@ -420,7 +420,7 @@ def history(
         if as_json:
             print(json.dumps(_history_document(key, versions, meter.bytes_read), default=str))
             return
-        from metatide.extractor.console import history_view
+        from metatide.extractor.cli.console import history_view
 
         history_view(key, versions)
 
@@ -445,7 +445,7 @@ def _history_document(key: Any, versions: Any, bytes_read: int) -> dict[str, Any
 
 
 def _lines(records: Any) -> list[str]:
-    from metatide.extractor.changes import change_lines
+    from metatide.extractor.engine.changes import change_lines
 
     return change_lines(records).decode().splitlines()
 
@@ -457,7 +457,7 @@ def demo(
     ] = None,
 ) -> None:
     """Run twice on a generated SQLite database with DDL changes between, and print the diff."""
-    from metatide.extractor.demo import run_demo
+    from metatide.extractor.cli.demo import run_demo
 
     _logs().configure(os.environ.get("METATIDE_LOG_LEVEL", "WARNING"))
     try:
@@ -470,7 +470,7 @@ def demo(
 @app.command("spec-docs")
 def spec_docs() -> None:
     """Print the reference of every spec field as markdown (docs/spec.md)."""
-    from metatide.extractor.specdoc import render
+    from metatide.extractor.cli.specdoc import render
 
     typer.echo(render(), nl=False)
 

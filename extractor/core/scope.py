@@ -14,7 +14,7 @@ from fnmatch import translate
 
 import pyarrow as pa
 
-from metatide.extractor.spec import ScopeRule, ScopeSpec
+from metatide.extractor.core.spec import ScopeRule, ScopeSpec
 
 
 @dataclass(frozen=True, slots=True)

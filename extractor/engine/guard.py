@@ -7,8 +7,8 @@ run fails with a terminal error that names the numbers and the setting that over
 
 from __future__ import annotations
 
-from metatide.extractor.errors import MassDeleteRefusedError
-from metatide.extractor.spec import MassDeleteGuardSpec
+from metatide.extractor.core.errors import MassDeleteRefusedError
+from metatide.extractor.core.spec import MassDeleteGuardSpec
 
 
 def check_mass_delete(

@@ -16,20 +16,8 @@ from typing import Literal
 import duckdb
 import pyarrow as pa
 
-from metatide.extractor import duck
-from metatide.extractor.changes import (
-    ChangeHeader,
-    Reasons,
-    StatePair,
-    stable_column_ids,
-    write_change_records,
-)
-from metatide.extractor.diff import EntityDiff, column_reasons, entity_diff, scope_reasons
-from metatide.extractor.ids import Entity, RunId
-from metatide.extractor.layers import TABLE_KEYS, create_logical_views, register_previous
-from metatide.extractor.manifest import FileRef, Manifest
-from metatide.extractor.merge import BucketRows, NewFiles, create_views, new_files
-from metatide.extractor.records import (
+from metatide.extractor.core.ids import Entity, RunId
+from metatide.extractor.core.records import (
     COLUMN_SCHEMA,
     KEY_COLUMNS,
     RECORD_VERSION,
@@ -37,10 +25,19 @@ from metatide.extractor.records import (
     TABLE_SCHEMA,
     conform,
 )
-from metatide.extractor.runfiles import PlanDocument
-from metatide.extractor.scope import Scope
-from metatide.extractor.spec import ExtractionSpec
-from metatide.extractor.state import (
+from metatide.extractor.core.scope import Scope
+from metatide.extractor.core.spec import ExtractionSpec
+from metatide.extractor.engine import duck
+from metatide.extractor.engine.changes import (
+    ChangeHeader,
+    Reasons,
+    StatePair,
+    stable_column_ids,
+    write_change_records,
+)
+from metatide.extractor.engine.diff import EntityDiff, column_reasons, entity_diff, scope_reasons
+from metatide.extractor.engine.merge import BucketRows, NewFiles, create_views, new_files
+from metatide.extractor.state.files import (
     BadFile,
     Fetched,
     describe,
@@ -49,6 +46,9 @@ from metatide.extractor.state import (
     fetch_verified,
     state_key,
 )
+from metatide.extractor.state.layers import TABLE_KEYS, create_logical_views, register_previous
+from metatide.extractor.state.manifest import FileRef, Manifest
+from metatide.extractor.state.runfiles import PlanDocument
 from metatide.extractor.storage import Store
 
 Layer = Literal["base", "delta"]

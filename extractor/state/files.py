@@ -21,16 +21,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from metatide.extractor.errors import StateCorruptError
-from metatide.extractor.ids import Entity, RunId
-from metatide.extractor.manifest import (
+from metatide.extractor.core.errors import StateCorruptError
+from metatide.extractor.core.ids import Entity, RunId
+from metatide.extractor.core.records import KEY_COLUMNS, SCHEMAS
+from metatide.extractor.state.manifest import (
     MANIFEST_KEY,
     REBUILD_ADVICE,
     FileRef,
     Manifest,
     parse_manifest,
 )
-from metatide.extractor.records import KEY_COLUMNS, SCHEMAS
 from metatide.extractor.storage import KeyNotFoundError, Store
 from metatide.extractor.storage.meter import record_read
 

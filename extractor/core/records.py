@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from metatide.extractor.ids import Entity, TableKey
+from metatide.extractor.core.ids import Entity, TableKey
 
 DATABASE_SCHEMA = pa.schema(
     [

@@ -15,14 +15,14 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from metatide.extractor.ids import Entity
-from metatide.extractor.manifest import FileRef
-from metatide.extractor.records import (
+from metatide.extractor.core.ids import Entity
+from metatide.extractor.core.records import (
     COLUMN_SCHEMA,
     TABLE_KEY_COLUMNS,
     TABLE_SCHEMA,
     conform,
 )
+from metatide.extractor.state.manifest import FileRef
 
 TABLE_KEYS = ", ".join(TABLE_KEY_COLUMNS)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from metatide.extractor.spec import DuckDBSpec
+from metatide.extractor.core.spec import DuckDBSpec
 
 
 def connect(spec: DuckDBSpec) -> duckdb.DuckDBPyConnection:

@@ -24,9 +24,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from metatide.extractor.errors import StateCorruptError
-from metatide.extractor.manifest import MANIFEST_KEY, Manifest, parse_manifest
-from metatide.extractor.runfiles import HISTORY_MANIFEST_NAME
+from metatide.extractor.core.errors import StateCorruptError
+from metatide.extractor.state.manifest import MANIFEST_KEY, Manifest, parse_manifest
+from metatide.extractor.state.runfiles import HISTORY_MANIFEST_NAME
 from metatide.extractor.storage import KeyNotFoundError, Store
 
 

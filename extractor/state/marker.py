@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from metatide.extractor.errors import SpecError
+from metatide.extractor.core.errors import SpecError
 
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 MARKER_KEY = "marker.txt"

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from metatide.extractor.ids import Entity
-from metatide.extractor.records import KEY_COLUMNS, SCHEMAS
-from metatide.extractor.scope import Scope
+from metatide.extractor.core.ids import Entity
+from metatide.extractor.core.records import KEY_COLUMNS, SCHEMAS
+from metatide.extractor.core.scope import Scope
 
 
 @dataclass(frozen=True, slots=True)

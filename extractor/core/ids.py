@@ -11,7 +11,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Literal, NewType
 
-from metatide.extractor.errors import SpecError
+from metatide.extractor.core.errors import SpecError
 
 RunId = NewType("RunId", str)
 

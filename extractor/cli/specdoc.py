@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from metatide.extractor.spec import ExtractionSpec, PostgresSourceSpec, SqliteSourceSpec
+from metatide.extractor.core.spec import ExtractionSpec, PostgresSourceSpec, SqliteSourceSpec
 
 
 def _default(field: FieldInfo) -> str:

@@ -1,0 +1,2 @@
+"""The ``metatide`` command (``app``), its terminal views, the demo and the generated spec
+reference."""

@@ -1,1 +1,0 @@
-"""metatide Kubernetes operator."""
