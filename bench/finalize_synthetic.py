@@ -74,7 +74,12 @@ from metatide.extractor.storage import LocalStore
 GENERATOR_VERSION = 1
 CACHE_ROOT = Path.home() / ".cache" / "metatide" / "bench"
 # Engine files whose change can make a cached state unreadable or different.
-STATE_FORMAT_FILES = ("records.py", "manifest.py", "state.py", "runfiles.py")
+STATE_FORMAT_FILES = (
+    "core/records.py",
+    "state/manifest.py",
+    "state/files.py",
+    "state/runfiles.py",
+)
 DATABASE = "synth"
 TARGET_SECONDS = 1.0
 TARGET_RSS_MIB = 1024.0
