@@ -28,16 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import finalize_synthetic as synthetic
 
 from metatide.extractor.core import logs
-from metatide.extractor.engine import build, changes, merge
+from metatide.extractor.engine import build, changes
+from metatide.extractor.engine.newstate import NewState
 from metatide.extractor.phases import finalize, plan
-from metatide.extractor.state import layers
+from metatide.extractor.state import layered
 from metatide.extractor.storage import LocalStore
 
-STEPS: dict[ModuleType, list[str]] = {
+STEPS: dict[ModuleType | type, list[str]] = {
     plan: ["_list_catalog", "_load_previous", "_classify", "_with_buckets", "_write_batches"],
-    layers: ["load_previous", "logical_rows"],
-    build: ["_register", "_diffs", "_changes", "_write_files", "_write_small"],
-    merge: ["new_files", "_rows"],
+    layered: ["load_previous", "logical_rows"],
+    build: ["_fetch_previous", "_write_files", "_write_small"],
+    NewState: ["_register", "files", "compared", "diffs", "change_records"],
     changes: ["write_change_records"],
     finalize: ["_read_inputs", "build_state", "_write_diff", "_commit", "_summary"],
 }
@@ -69,12 +70,12 @@ def _timed(function: Callable[..., Any], name: str) -> Callable[..., Any]:
 
 
 def _instrument() -> None:
-    for module, names in STEPS.items():
+    for owner, names in STEPS.items():
         for name in names:
-            if hasattr(module, name):
-                setattr(module, name, _timed(getattr(module, name), name))
+            if hasattr(owner, name):
+                setattr(owner, name, _timed(getattr(owner, name), name))
             else:
-                print(f"note: {module.__name__}.{name} no longer exists", file=sys.stderr)
+                print(f"note: {owner.__name__}.{name} no longer exists", file=sys.stderr)
 
 
 def _report(label: str, seconds: float) -> None:

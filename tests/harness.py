@@ -40,7 +40,7 @@ from metatide.extractor.state.files import (
     read_parquet_files,
     sort_by_key,
 )
-from metatide.extractor.state.layers import load_previous, logical_rows
+from metatide.extractor.state.layered import load_previous, logical_rows
 from metatide.extractor.state.marker import ISO_FORMAT
 from metatide.extractor.state.runfiles import changes_key, diff_key
 from metatide.extractor.storage import KeyNotFoundError, Store, open_store

@@ -1,8 +1,9 @@
-"""Building a run's new state and diff from its inputs and the previous state (for finalize).
+"""Finalize's state build: which buckets change, the previous files they need, the new files.
 
-Decides which buckets the run touches and which of those are compacted, reads only those
-buckets of the previous state, computes the new files and the diff in DuckDB (off the event
-loop), writes the new files, and returns the manifest to commit with the diff to publish.
+Decides which buckets the run touches and which of those are compacted, fetches only those
+buckets of the previous state, has `newstate.NewState` compute the new files' rows and the
+diff in DuckDB (off the event loop), writes the new files, and returns the manifest to commit
+with the diff to publish.
 """
 
 from __future__ import annotations
@@ -13,30 +14,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-import duckdb
 import pyarrow as pa
 
 from metatide.extractor.core.ids import Entity, RunId
-from metatide.extractor.core.records import (
-    COLUMN_SCHEMA,
-    KEY_COLUMNS,
-    RECORD_VERSION,
-    SCHEMAS,
-    TABLE_SCHEMA,
-    conform,
-)
+from metatide.extractor.core.records import RECORD_VERSION, SCHEMAS
 from metatide.extractor.core.scope import Scope
 from metatide.extractor.core.spec import ExtractionSpec
-from metatide.extractor.engine import duck
-from metatide.extractor.engine.changes import (
-    ChangeHeader,
-    Reasons,
-    StatePair,
-    stable_column_ids,
-    write_change_records,
+from metatide.extractor.engine.changes import ChangeHeader, stable_column_ids
+from metatide.extractor.engine.newstate import (
+    BucketRows,
+    Buckets,
+    ChangeFiles,
+    ColumnCounts,
+    Diffs,
+    NewFiles,
+    NewState,
+    PreviousFiles,
+    RunInputs,
 )
-from metatide.extractor.engine.diff import EntityDiff, column_reasons, entity_diff, scope_reasons
-from metatide.extractor.engine.merge import BucketRows, NewFiles, create_views, new_files
 from metatide.extractor.state.files import (
     BadFile,
     Fetched,
@@ -46,26 +41,12 @@ from metatide.extractor.state.files import (
     fetch_verified,
     state_key,
 )
-from metatide.extractor.state.layers import TABLE_KEYS, create_logical_views, register_previous
 from metatide.extractor.state.manifest import FileRef, Manifest
-from metatide.extractor.state.runfiles import PlanDocument
 from metatide.extractor.storage import Store
 
 Layer = Literal["base", "delta"]
-_TABLE_NAMES = ", ".join(TABLE_SCHEMA.names)
-_COLUMN_NAMES = ", ".join(COLUMN_SCHEMA.names)
-
-
-@dataclass(frozen=True, slots=True)
-class RunInputs:
-    """Plan outputs and batch results, checked for completeness."""
-
-    plan: PlanDocument
-    planned: pa.Table
-    deleted: pa.Table
-    fresh: pa.Table
-    databases: pa.Table
-    schemas: pa.Table
+_READ_ORDER: tuple[Entity, ...] = ("table", "column", "database", "schema")
+"""The order previous files are fetched in, and damaged ones reported in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,33 +54,13 @@ class Built:
     """The new manifest and the diff of this run."""
 
     manifest: Manifest
-    diffs: dict[Entity, EntityDiff]
+    diffs: Diffs
     changes: ChangeFiles
     """The run's change records (`changes.CHANGE_SCHEMA`), as files to store."""
     fresh_columns: int
     bytes_written: int
     skipped: list[BadFile]
     """Damaged files of the previous state a full extraction left out of its diff's baseline."""
-
-
-@dataclass(frozen=True, slots=True)
-class ColumnCounts:
-    """Column rows that decide the new logical count without reading untouched buckets."""
-
-    fresh: int
-    """Columns extracted by this run."""
-    replaced: int
-    """Previous columns of the tables this run re-extracted or deleted."""
-
-
-@dataclass(frozen=True, slots=True)
-class Buckets:
-    """Which buckets change, and how."""
-
-    same_layout: bool
-    touched: list[int]
-    compacting: list[int]
-    delta: list[int]
 
 
 async def build_state(
@@ -117,17 +78,11 @@ async def build_state(
     files only to diff against them and skips damaged ones (`Built.skipped`).
     """
     buckets = _choose_buckets(spec, previous, inputs)
-    connection = duck.connect(spec.duckdb)
-    try:
-        skipped = await _register(connection, store, workdir, previous, inputs, buckets)
-        header = ChangeHeader(
-            run_id, previous.run_id if previous else None, inputs.plan.next_marker
-        )
-        files, diffs, counts, changes = await asyncio.to_thread(
-            _compute, connection, spec, inputs, header, workdir / "changes"
-        )
-    finally:
-        connection.close()
+    files_read, skipped = await _fetch_previous(store, workdir, previous, inputs, buckets)
+    header = ChangeHeader(run_id, previous.run_id if previous else None, inputs.plan.next_marker)
+    files, diffs, counts, changes = await asyncio.to_thread(
+        _compute, spec, inputs, buckets, files_read, header, workdir / "changes"
+    )
     refs, written = await _write_files(store, run_id, previous, buckets, files)
     small: tuple[tuple[Entity, pa.Table], ...] = (
         ("database", inputs.databases),
@@ -201,51 +156,27 @@ def _choose_buckets(spec: ExtractionSpec, previous: Manifest | None, inputs: Run
     return Buckets(True, sorted(per_bucket), compacting, kept)
 
 
-async def _register(
-    connection: duckdb.DuckDBPyConnection,
-    store: Store,
-    workdir: Path,
-    previous: Manifest | None,
-    inputs: RunInputs,
-    buckets: Buckets,
-) -> list[BadFile]:
-    """Register the run's inputs and the previous files it reads; returns the skipped ones."""
-    for name, table in (
-        ("planned", inputs.planned),
-        ("deleted", inputs.deleted),
-        ("fresh", inputs.fresh),
-        ("new_databases", inputs.databases),
-        ("new_schemas", inputs.schemas),
-        ("compacting", pa.table({"bucket": pa.array(buckets.compacting, pa.int32())})),
-        ("delta_buckets", pa.table({"bucket": pa.array(buckets.delta, pa.int32())})),
-    ):
-        connection.register(name, table)
-    full = inputs.plan.full_extraction
-    skipped: list[BadFile] = []
+async def _fetch_previous(
+    store: Store, workdir: Path, previous: Manifest | None, inputs: RunInputs, buckets: Buckets
+) -> tuple[PreviousFiles, list[BadFile]]:
+    """The previous files the build reads (those of the touched buckets, and every database
+    and schema file), and the damaged ones a full extraction skips."""
     wanted = set(buckets.touched) if buckets.same_layout else None
-    bucketed: tuple[Entity, ...] = ("table", "column")
-    for entity in bucketed:
+    fetched: dict[Entity, Fetched] = {}
+    for entity in _READ_ORDER:
         refs = [
             ref
             for ref in (previous.files[entity] if previous else [])
-            if wanted is None or ref.bucket in wanted
+            if entity in ("database", "schema") or wanted is None or ref.bucket in wanted
         ]
-        fetched = await _fetch(store, refs, workdir, tolerant=full)
-        skipped += fetched.bad
-        register_previous(connection, entity, fetched.files)
-    listed: tuple[tuple[Entity, str], ...] = (
-        ("database", "previous_databases"),
-        ("schema", "previous_schemas"),
+        fetched[entity] = await _fetch(store, refs, workdir, tolerant=inputs.plan.full_extraction)
+    files = PreviousFiles(
+        tables=fetched["table"].files,
+        columns=fetched["column"].files,
+        databases=[path for _, path in fetched["database"].files],
+        schemas=[path for _, path in fetched["schema"].files],
     )
-    for entity, name in listed:
-        refs = previous.files[entity] if previous else []
-        fetched = await _fetch(store, refs, workdir, tolerant=full)
-        skipped += fetched.bad
-        paths = [path for _, path in fetched.files]
-        duck.register_files(connection, name, paths, SCHEMAS[entity].empty_table())
-    create_logical_views(connection)
-    create_views(connection)
-    return skipped
+    return files, [bad for entity in _READ_ORDER for bad in fetched[entity].bad]
 
 
 async def _fetch(store: Store, refs: list[FileRef], workdir: Path, *, tolerant: bool) -> Fetched:
@@ -256,144 +187,26 @@ async def _fetch(store: Store, refs: list[FileRef], workdir: Path, *, tolerant: 
 
 
 def _compute(
-    connection: duckdb.DuckDBPyConnection,
     spec: ExtractionSpec,
     inputs: RunInputs,
+    buckets: Buckets,
+    previous: PreviousFiles,
     header: ChangeHeader,
     folder: Path,
-) -> tuple[NewFiles, dict[Entity, EntityDiff], ColumnCounts, ChangeFiles]:
-    files = new_files(connection)
-    # The rows the diff and the change records compare: the changed tables' previous and new
-    # rows. Materialized once, so the touched buckets' files are scanned once, not by every
-    # statement that reads them.
-    for name, sql in (
-        ("diff_new_tables", f"SELECT {_TABLE_NAMES} FROM planned WHERE needs_columns"),
-        (
-            "diff_old_tables",
-            f"SELECT {_TABLE_NAMES} FROM old_tables SEMI JOIN changed USING ({TABLE_KEYS})",
-        ),
-        ("diff_new_columns", f"SELECT {_COLUMN_NAMES} FROM fresh_columns"),
-        (
-            "diff_old_columns",
-            f"SELECT {_COLUMN_NAMES} FROM old_columns SEMI JOIN changed USING ({TABLE_KEYS})",
-        ),
-    ):
-        # A full extraction compares everything: views then, for DuckDB to stream (a
-        # materialized copy of twenty million columns would not fit its memory limit).
-        kind = "VIEW" if inputs.plan.full_extraction else "TABLE"
-        connection.execute(f"CREATE OR REPLACE TEMP {kind} {name} AS {sql}")
-    counts = ColumnCounts(
-        fresh=_count(connection, "diff_new_columns"),
-        replaced=_count(connection, "diff_old_columns"),
-    )
-    diffs = _diffs(connection, Scope(spec.source.scope), inputs)
-    return files, diffs, counts, _changes(connection, spec, inputs, diffs, header, folder)
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeFiles:
-    """The run's change records, written by DuckDB, and how many of each kind there are."""
-
-    parquet: Path
-    jsonl: Path
-    counts: dict[str, dict[str, int]]
-
-
-def _changes(
-    connection: duckdb.DuckDBPyConnection,
-    spec: ExtractionSpec,
-    inputs: RunInputs,
-    diffs: dict[Entity, EntityDiff],
-    header: ChangeHeader,
-    folder: Path,
-) -> ChangeFiles:
-    """The run's change records, from the same rows as its diff (the touched tables only)."""
-    old: dict[Entity, pa.Table | str] = {
-        "database": "previous_databases",
-        "schema": "previous_schemas",
-        "table": "diff_old_tables",
-        "column": "diff_old_columns",
-    }
-    new: dict[Entity, pa.Table | str] = {
-        "database": "new_databases",
-        "schema": "new_schemas",
-        "table": "diff_new_tables",
-        "column": "diff_new_columns",
-    }
-    deleted_tables = inputs.deleted.select([*KEY_COLUMNS["table"], "reason"])
-    reasons = Reasons(
-        tables=inputs.planned.filter(inputs.planned.column("needs_columns")).select(
-            [*KEY_COLUMNS["table"], "reason"]
-        ),
-        deleted={
-            "database": diffs["database"].deleted,
-            "schema": diffs["schema"].deleted,
-            "table": deleted_tables,
-        },
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    parquet, jsonl = folder / "changes.parquet", folder / "changes.jsonl"
-    counts = write_change_records(
-        connection,
-        StatePair(old, new),
-        header,
-        parquet,
-        jsonl,
-        reasons=reasons,
-        stable_column_ids=stable_column_ids(spec.source.kind),
-    )
-    return ChangeFiles(parquet, jsonl, counts)
-
-
-def _count(connection: duckdb.DuckDBPyConnection, view: str) -> int:
-    ((found,),) = connection.execute(f"SELECT count(*) FROM {view}").fetchall()
-    return int(found)
-
-
-def _diffs(
-    connection: duckdb.DuckDBPyConnection, scope: Scope, inputs: RunInputs
-) -> dict[Entity, EntityDiff]:
-    table_reasons: dict[tuple[str, ...], str] = {
-        tuple(key): reason
-        for *key, reason in zip(
-            *(inputs.deleted.column(name).to_pylist() for name in KEY_COLUMNS["table"]),
-            inputs.deleted.column("reason").to_pylist(),
-            strict=True,
+) -> tuple[NewFiles, Diffs, ColumnCounts, ChangeFiles]:
+    """The new files' rows, the diff and the change records (DuckDB: blocks its thread)."""
+    with NewState(spec.duckdb, inputs, buckets, previous) as state:
+        files = state.files()
+        compared = state.compared()
+        diffs = state.diffs(compared, Scope(spec.source.scope))
+        changes = state.change_records(
+            compared,
+            diffs,
+            header,
+            folder,
+            stable_column_ids=stable_column_ids(spec.source.kind),
         )
-    }
-    diffs: dict[Entity, EntityDiff] = {}
-    listed: tuple[tuple[Entity, str, str], ...] = (
-        ("database", "new_databases", "previous_databases"),
-        ("schema", "new_schemas", "previous_schemas"),
-    )
-    for entity, new, old in listed:
-        keys = ", ".join(KEY_COLUMNS[entity])
-        gone = connection.execute(f"SELECT {keys} FROM {old} ANTI JOIN {new} USING ({keys})")
-        reasons = scope_reasons(entity, [tuple(key) for key in gone.fetchall()], scope)
-        diffs[entity] = entity_diff(connection, entity, new, old, reasons, "dropped")
-    tables = entity_diff(
-        connection, "table", "diff_new_tables", "diff_old_tables", table_reasons, "dropped"
-    )
-    diffs["table"] = EntityDiff(_with_reasons(connection, tables.changed), tables.deleted)
-    columns = entity_diff(
-        connection, "column", "diff_new_columns", "diff_old_columns", {}, "dropped"
-    )
-    diffs["column"] = EntityDiff(columns.changed, column_reasons(table_reasons, columns.deleted))
-    return diffs
-
-
-def _with_reasons(connection: duckdb.DuckDBPyConnection, changed: pa.Table) -> pa.Table:
-    """Changed table rows with the reason plan classified each table for (`reason`)."""
-    keys = ", ".join(KEY_COLUMNS["table"])
-    connection.register("changed_table_rows", changed)
-    try:
-        result = connection.sql(
-            f"SELECT c.*, p.reason FROM changed_table_rows AS c "
-            f"JOIN planned AS p USING ({keys}) ORDER BY {keys}"
-        ).to_arrow_table()
-    finally:
-        connection.unregister("changed_table_rows")
-    return conform(result, changed.schema.append(pa.field("reason", pa.string())))
+    return files, diffs, compared.columns, changes
 
 
 async def _write_files(

@@ -44,7 +44,7 @@ from metatide.extractor.state.files import (
     read_parquet_files,
 )
 from metatide.extractor.state.gc import kept_states
-from metatide.extractor.state.layers import load_previous, logical_rows
+from metatide.extractor.state.layered import load_previous, logical_rows
 from metatide.extractor.state.manifest import FileRef, Manifest
 from metatide.extractor.state.runfiles import changes_key, plan_key
 from metatide.extractor.storage import KeyNotFoundError, Store

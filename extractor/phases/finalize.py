@@ -47,9 +47,10 @@ from metatide.extractor.core.records import (
     table_to_keys,
 )
 from metatide.extractor.core.spec import ExtractionSpec
-from metatide.extractor.engine.build import Built, RunInputs, build_state
+from metatide.extractor.engine.build import Built, build_state
 from metatide.extractor.engine.diff import EntityDiff
 from metatide.extractor.engine.guard import check_mass_delete
+from metatide.extractor.engine.newstate import RunInputs
 from metatide.extractor.state.baseline import read_baseline
 from metatide.extractor.state.files import encode_parquet
 from metatide.extractor.state.gc import collect_garbage

@@ -41,7 +41,7 @@ from metatide.extractor.state.files import (
     fetch_verified,
     verify_files,
 )
-from metatide.extractor.state.layers import load_previous, logical_rows
+from metatide.extractor.state.layered import load_previous, logical_rows
 from metatide.extractor.state.lease import acquire_lease, kept_lease, release_lease
 from metatide.extractor.state.manifest import Manifest
 from metatide.extractor.state.marker import default_marker, effective_marker, truncate_to_seconds

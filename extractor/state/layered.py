@@ -1,16 +1,23 @@
-"""The layered state in DuckDB: base files, delta files, and the logical rows they mean.
+"""Reading the layered state in DuckDB: base files, delta files, and the logical rows they mean.
 
 A bucket's logical rows are its base rows for tables the delta does not name, plus the
 delta's rows. A delta names a table with a table row whose `op` is 'upsert' (the table's row
 and all its columns are in the delta) or 'delete' (the table is gone). Deltas keep an
 incremental run's writes proportional to what changed; a bucket whose delta grew past the
 compaction ratio is rewritten as a new base.
+
+`load_previous` registers the files and returns the names of the views it made
+(`PreviousViews`); this module is the only one that spells them. Plan and history read the
+logical rows (`logical_rows`); finalize's state build (`engine.newstate`) also reads the
+deltas, to carry their entries for tables this run did not change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import duckdb
 import pyarrow as pa
@@ -32,6 +39,9 @@ DELTA_TABLE_SCHEMA = pa.schema(
     + [TABLE_SCHEMA.field(name).with_nullable(True) for name in TABLE_SCHEMA.names[3:]]
 )
 
+_OLD_TABLES: Final = "old_tables"
+_OLD_COLUMNS: Final = "old_columns"
+
 LAYER_SCHEMAS: dict[tuple[Entity, str], pa.Schema] = {
     ("table", "base"): TABLE_SCHEMA,
     ("table", "delta"): DELTA_TABLE_SCHEMA,
@@ -40,14 +50,14 @@ LAYER_SCHEMAS: dict[tuple[Entity, str], pa.Schema] = {
 }
 
 
-def register_previous(
+def _register_files(
     connection: duckdb.DuckDBPyConnection,
     entity: Entity,
     files: Sequence[tuple[FileRef, Path]],
 ) -> None:
     """Views prev_{entity}_base and prev_{entity}_delta, each row with its file's bucket."""
     for layer in ("base", "delta"):
-        name = f"prev_{entity}_{layer}"
+        name = _layer_view(entity, layer)
         chosen = [(ref, path) for ref, path in files if ref.layer == layer]
         schema = LAYER_SCHEMAS[(entity, layer)]
         if not chosen:
@@ -85,11 +95,11 @@ _DUCKDB_TYPES: dict[pa.DataType, str] = {pa.string(): "VARCHAR"}
 """Types of fields added to a record schema after files were written (see RECORD_VERSION)."""
 
 
-def create_logical_views(connection: duckdb.DuckDBPyConnection) -> None:
-    """old_tables and old_columns: what the previous state means, with buckets."""
+def _create_logical_views(connection: duckdb.DuckDBPyConnection) -> None:
+    """The logical tables and columns: what the previous state means, with buckets."""
     connection.execute(
         f"""
-        CREATE OR REPLACE TEMP VIEW old_tables AS
+        CREATE OR REPLACE TEMP VIEW {_OLD_TABLES} AS
         SELECT b.* FROM prev_table_base AS b ANTI JOIN prev_table_delta USING ({TABLE_KEYS})
         UNION ALL BY NAME
         SELECT * EXCLUDE (op) FROM prev_table_delta WHERE op = 'upsert'
@@ -97,7 +107,7 @@ def create_logical_views(connection: duckdb.DuckDBPyConnection) -> None:
     )
     connection.execute(
         f"""
-        CREATE OR REPLACE TEMP VIEW old_columns AS
+        CREATE OR REPLACE TEMP VIEW {_OLD_COLUMNS} AS
         SELECT c.* FROM prev_column_base AS c ANTI JOIN prev_table_delta USING ({TABLE_KEYS})
         UNION ALL BY NAME
         SELECT * FROM prev_column_delta
@@ -109,7 +119,7 @@ def logical_rows(
     connection: duckdb.DuckDBPyConnection, entity: Entity, *, with_bucket: bool = False
 ) -> pa.Table:
     """The previous state's rows of tables or columns in schema order (and their buckets)."""
-    view = "old_tables" if entity == "table" else "old_columns"
+    view = _OLD_TABLES if entity == "table" else _OLD_COLUMNS
     schema = TABLE_SCHEMA if entity == "table" else COLUMN_SCHEMA
     if with_bucket:
         schema = schema.append(pa.field("bucket", pa.int32()))
@@ -117,12 +127,36 @@ def logical_rows(
     return conform(rows, schema)
 
 
+@dataclass(frozen=True, slots=True)
+class PreviousViews:
+    """The views `load_previous` registered, each row with its file's bucket."""
+
+    tables: str
+    """The logical table rows (base rows the delta does not name, the delta's upserts)."""
+    columns: str
+    """The logical column rows."""
+    table_delta: str
+    """The delta files' table rows, `op` included (DELTA_TABLE_SCHEMA)."""
+    column_delta: str
+    """The delta files' column rows."""
+
+
 def load_previous(
     connection: duckdb.DuckDBPyConnection,
     tables: Sequence[tuple[FileRef, Path]],
     columns: Sequence[tuple[FileRef, Path]] = (),
-) -> None:
+) -> PreviousViews:
     """Register the given table and column files and the logical views over them."""
-    register_previous(connection, "table", tables)
-    register_previous(connection, "column", columns)
-    create_logical_views(connection)
+    _register_files(connection, "table", tables)
+    _register_files(connection, "column", columns)
+    _create_logical_views(connection)
+    return PreviousViews(
+        tables=_OLD_TABLES,
+        columns=_OLD_COLUMNS,
+        table_delta=_layer_view("table", "delta"),
+        column_delta=_layer_view("column", "delta"),
+    )
+
+
+def _layer_view(entity: Entity, layer: str) -> str:
+    return f"prev_{entity}_{layer}"

@@ -1,4 +1,5 @@
-"""Merging touched buckets and diffing states: BucketRows, new state rows, entity diffs, reasons."""
+"""The new state of touched buckets and diffing states: BucketRows, new files, entity diffs,
+reasons."""
 
 from __future__ import annotations
 
@@ -11,28 +12,39 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from metatide.extractor.core.ids import ENTITIES, Entity
+from metatide.extractor.core.ids import ENTITIES, Entity, RunId
 from metatide.extractor.core.records import TABLE_SCHEMA, rows_to_table
 from metatide.extractor.core.scope import Scope
 from metatide.extractor.core.spec import DuckDBSpec, ScopeSpec
 from metatide.extractor.engine.diff import column_reasons, entity_diff, scope_reasons
 from metatide.extractor.engine.duck import connect
-from metatide.extractor.engine.merge import BucketRows, create_views, new_files
-from metatide.extractor.state.layers import DELTA_TABLE_SCHEMA, create_logical_views
+from metatide.extractor.engine.newstate import (
+    BucketRows,
+    Buckets,
+    NewState,
+    PreviousFiles,
+    RunInputs,
+)
+from metatide.extractor.state.files import describe, encode_parquet, state_key
+from metatide.extractor.state.manifest import FileRef
 from metatide.extractor.state.runfiles import (
     BATCH_SCHEMA,
     DELETED_TABLE_SCHEMA,
     PLANNED_TABLE_SCHEMA,
+    PlanDocument,
 )
 from tests.harness import empty_diff
 
 WHEN = datetime(2025, 1, 1, tzinfo=UTC)
 
 
+def duckdb_spec(tmp_path: Path) -> DuckDBSpec:
+    return DuckDBSpec(temp_directory=str(tmp_path / "duck"), memory_limit="256MB", threads=1)
+
+
 @pytest.fixture
 def connection(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    spec = DuckDBSpec(temp_directory=str(tmp_path / "duck"), memory_limit="256MB", threads=1)
-    connection = connect(spec)
+    connection = connect(duckdb_spec(tmp_path))
     yield connection
     connection.close()
 
@@ -107,7 +119,7 @@ def test_split_covers_every_row_once() -> None:
     assert all(part.num_rows == buckets.count(bucket) for bucket, part in parts)
 
 
-# --- new_tables / new_columns -----------------------------------------------------------------
+# --- NewState.files ---------------------------------------------------------------------------
 
 
 def planned(rows: list[tuple[str, str, int, bool]]) -> pa.Table:
@@ -129,16 +141,52 @@ def fresh(columns: list[dict[str, Any]], present: list[str]) -> pa.Table:
     )
 
 
-def with_bucket(table: pa.Table, bucket: int) -> pa.Table:
-    return table.append_column("bucket", pa.array([bucket] * table.num_rows, pa.int32()))
+def plan_document() -> PlanDocument:
+    """An incremental run's plan: the build reads only whether it is a full extraction."""
+    return PlanDocument(
+        run_id=RunId("run-2"),
+        parent_run_id=RunId("run-1"),
+        parent_content_hash="hash",
+        full_extraction=False,
+        marker_used=WHEN,
+        next_marker=WHEN,
+        bucket_count=3,
+        batch_count=1,
+        batch_size=10,
+        tables_total=4,
+        tables_by_state={},
+        tables_deleted={},
+        tables_to_extract=2,
+        started_at=WHEN,
+        duration_seconds=0.0,
+    )
 
 
-def test_compacted_buckets_get_a_base_and_other_touched_buckets_a_delta(
-    connection: duckdb.DuckDBPyConnection,
-) -> None:
-    connection.register(
-        "planned",
-        planned(
+def state_file(folder: Path, columns: pa.Table, bucket: int) -> tuple[FileRef, Path]:
+    """A previous base file of column rows, as the build's fetch hands it over."""
+    data = encode_parquet(columns)
+    ref = describe(state_key("column", RunId("run-1"), bucket), data, columns.num_rows, bucket)
+    path = folder / f"b{bucket}.parquet"
+    path.write_bytes(data)
+    return ref, path
+
+
+def test_compacted_buckets_get_a_base_and_other_touched_buckets_a_delta(tmp_path: Path) -> None:
+    deleted = pa.Table.from_pylist(
+        [
+            {
+                "database_name": "db",
+                "schema_name": "s",
+                "table_name": "gone",
+                "reason": "dropped",
+                "bucket": 2,
+            }
+        ],
+        schema=DELETED_TABLE_SCHEMA,
+    )
+    inputs = RunInputs(
+        plan=plan_document(),
+        planned=planned(
             [
                 ("changed", "UPDATED", 0, True),
                 ("same", "NO CHANGE", 0, False),
@@ -146,27 +194,8 @@ def test_compacted_buckets_get_a_base_and_other_touched_buckets_a_delta(
                 ("kept", "NO CHANGE", 2, False),
             ]
         ),
-    )
-    connection.register(
-        "deleted",
-        pa.Table.from_pylist(
-            [
-                {
-                    "database_name": "db",
-                    "schema_name": "s",
-                    "table_name": "gone",
-                    "reason": "dropped",
-                    "bucket": 2,
-                }
-            ],
-            schema=DELETED_TABLE_SCHEMA,
-        ),
-    )
-    connection.register("compacting", pa.table({"bucket": pa.array([0], pa.int32())}))
-    connection.register("delta_buckets", pa.table({"bucket": pa.array([2], pa.int32())}))
-    connection.register(
-        "fresh",
-        fresh(
+        deleted=deleted,
+        fresh=fresh(
             [
                 column_row("changed", "id", 1),
                 column_row("changed", "added", 2),
@@ -174,6 +203,8 @@ def test_compacted_buckets_get_a_base_and_other_touched_buckets_a_delta(
             ],
             ["changed", "new"],
         ),
+        databases=rows_to_table("database", [{"database_name": "db"}]),
+        schemas=rows_to_table("schema", [{"database_name": "db", "schema_name": "s"}]),
     )
     base_columns = rows_to_table(
         "column",
@@ -183,23 +214,16 @@ def test_compacted_buckets_get_a_base_and_other_touched_buckets_a_delta(
             column_row("same", "a", 1),
         ],
     )
-    connection.register("prev_table_base", with_bucket(rows_to_table("table", []), 0))
-    connection.register(
-        "prev_table_delta", with_bucket(pa.Table.from_pylist([], schema=DELTA_TABLE_SCHEMA), 2)
+    kept_columns = rows_to_table("column", [column_row("kept", "k", 1)])
+    previous = PreviousFiles(
+        tables=[],
+        columns=[state_file(tmp_path, base_columns, 0), state_file(tmp_path, kept_columns, 2)],
+        databases=[],
+        schemas=[],
     )
-    connection.register(
-        "prev_column_base",
-        pa.concat_tables(
-            [
-                with_bucket(base_columns, 0),
-                with_bucket(rows_to_table("column", [column_row("kept", "k", 1)]), 2),
-            ]
-        ),
-    )
-    connection.register("prev_column_delta", with_bucket(rows_to_table("column", []), 2))
-    create_logical_views(connection)
-    create_views(connection)
-    files = new_files(connection)
+    buckets = Buckets(same_layout=True, touched=[0, 2], compacting=[0], delta=[2])
+    with NewState(duckdb_spec(tmp_path), inputs, buckets, previous) as state:
+        files = state.files()
     base_tables = {b: p.column("table_name").to_pylist() for b, p in files.base_tables.split()}
     assert base_tables == {0: ["changed", "same"]}
     base_columns_by_bucket = {b: p.to_pylist() for b, p in files.base_columns.split()}
