@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from pydantic import Field, field_validator
 
-from metatide.extractor.core.spec import ExtractionSpec, _Model
+from metatide.extractor.core.spec import ExtractionSpec, _Model, crd_rule
 
 GROUP = "metatide.dev"
 VERSION = "v1alpha1"
@@ -23,6 +23,8 @@ PLURAL = "incrementalextractions"
 SHORT_NAME = "ie"
 RUN_REQUESTED_ANNOTATION = "metatide.dev/run-requested-at"
 
+_CRON_FIELD = r"[0-9A-Za-z*/,?#-]+"
+
 
 class ScheduleSpec(_Model):
     """When runs start; without a schedule a run starts on create and on every spec change."""
@@ -30,9 +32,21 @@ class ScheduleSpec(_Model):
     cron: str = Field(
         description="Standard five-field cron expression, e.g. '0 * * * *' (hourly).",
         min_length=9,
+        max_length=256,
+        json_schema_extra=crd_rule(
+            f"self.matches(r'^\\s*{_CRON_FIELD}(\\s+{_CRON_FIELD}){{4}}\\s*$')",
+            "must be a five-field cron expression (minute hour day-of-month month day-of-week), "
+            "e.g. '0 * * * *'",
+        ),
     )
     time_zone: str = Field(
-        default="UTC", description="IANA time zone the cron expression is read in."
+        default="UTC",
+        max_length=64,
+        json_schema_extra=crd_rule(
+            "self.matches(r'^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$')",
+            "must be an IANA time zone name, e.g. UTC or Europe/Berlin",
+        ),
+        description="IANA time zone the cron expression is read in.",
     )
     concurrency_policy: Literal["Forbid", "Replace"] = Field(
         default="Forbid",

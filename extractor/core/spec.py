@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from metatide.extractor.core.errors import CredentialsError, SpecError
 
@@ -49,6 +50,16 @@ _MARKER_SAMPLES = (
     datetime(2031, 12, 31, 9, 8, 7),
 )
 _ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def crd_rule(rule: str, message: str) -> JsonDict:
+    """A CEL rule for a field's ``json_schema_extra``: the CRD's approximation of a check the
+    model makes in Python, so the API server rejects the obvious mistakes with `message`.
+
+    The API server refuses a CRD whose rule may cost too much on an unbounded string, so a
+    string field with a rule also needs a ``max_length``.
+    """
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
 
 
 class _Model(BaseModel):
@@ -247,6 +258,12 @@ class StorageSpec(_Model):
     )
     prefix_template: str = Field(
         default=SEED_PREFIX_TEMPLATE,
+        max_length=512,
+        json_schema_extra=crd_rule(
+            "self.findAll(r'\\{[^{}]*\\}').all(p, "
+            "p == '{application_name}' || p == '{connection_id}')",
+            "may contain only the placeholders {application_name} and {connection_id}",
+        ),
         description="Per-connection key prefix; {application_name} and {connection_id} are "
         "replaced.",
     )
@@ -294,7 +311,16 @@ class MarkerSpec(_Model):
         default=SEED_MARKER_FORMAT,
         min_length=2,
         max_length=64,
-        json_schema_extra={"pattern": MARKER_FORMAT_PATTERN},
+        json_schema_extra={
+            "pattern": MARKER_FORMAT_PATTERN,
+            **crd_rule(
+                "self.contains('%Y') && self.contains('%H') && self.contains('%M') && "
+                "self.contains('%S') && ((self.contains('%m') && self.contains('%d')) || "
+                "self.contains('%j'))",
+                "needs %Y, %m and %d (or %j), %H, %M and %S, so a marker reads back as the same "
+                "UTC second, e.g. '%Y-%m-%dT%H:%M:%SZ'",
+            ),
+        },
         description="strftime format of marker.txt: only the directives %Y %m %d %j %H %M %S "
         "%f and the separators - : . _ / space T Z, and enough of them (%Y, %m and %d or %j, "
         "%H, %M, %S) that the text reads back as the same UTC second.",

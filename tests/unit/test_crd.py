@@ -19,7 +19,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from metatide.operator import crd
+from metatide.operator import crd, structural
 from metatide.operator.model import (
     GROUP,
     KIND,
@@ -344,7 +344,7 @@ def _union(*variants: tuple[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_union_merges_descriptions_at_every_level_but_not_shapes() -> None:
-    converter = crd._Converter({})
+    converter = structural.Converter({})
     first = {"type": "object", "description": "A.", "properties": {"x": {"type": "string"}}}
     second = {
         "type": "object",
@@ -362,7 +362,7 @@ def test_union_merges_descriptions_at_every_level_but_not_shapes() -> None:
     flat = converter.convert(_union(("a", {"g": named}), ("b", {"g": named})), "s")
     assert flat["properties"]["g"]["properties"] == {"description": {"type": "string"}}
     reshaped = {"type": "object", "properties": {"x": {"type": "integer"}}}
-    with pytest.raises(crd.CRDSchemaError, match="not only in its description"):
+    with pytest.raises(structural.CRDSchemaError, match="not only in its description"):
         converter.convert(_union(("a", {"f": first}), ("b", {"f": reshaped})), "s")
 
 
@@ -430,10 +430,10 @@ def test_prefix_template_rule_matches_the_model(spec_schema: dict[str, Any]) -> 
 
 
 def test_converter_refuses_unions_it_cannot_express() -> None:
-    converter = crd._Converter({})
-    with pytest.raises(crd.CRDSchemaError, match="only Optional"):
+    converter = structural.Converter({})
+    with pytest.raises(structural.CRDSchemaError, match="only Optional"):
         converter.convert({"anyOf": [{"type": "string"}, {"type": "integer"}]}, "spec.x")
-    with pytest.raises(crd.CRDSchemaError, match="no structural CRD equivalent"):
+    with pytest.raises(structural.CRDSchemaError, match="no structural CRD equivalent"):
         converter.convert({"type": "string", "patternProperties": {}}, "spec.y")
 
 
