@@ -5,7 +5,7 @@ batches read columns). PostgreSQL keeps no DDL times, so `tables()` returns a fi
 relation computed inside the server: the first 128 bits of a sha256 over a JSON array of
 the relation's kind, comment and view definition and, per column in attnum order, exactly
 the fields `columns()` returns.
-Both queries take the column fields from the same SQL fragment (`_COLUMN_FIELDS`), so a change
+Both queries take the column fields from the same SQL fragment (see postgres_sql.py), so a change
 to any returned field changes the fingerprint and makes the table UPDATED; a run where nothing
 changed moves one short row per table over the network. JSON quoting keeps names with commas,
 quotes or braces from colliding.
@@ -59,6 +59,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
@@ -72,6 +73,7 @@ from metatide.extractor.core.ids import TableKey
 from metatide.extractor.core.records import COLUMN_SCHEMA, TABLE_SCHEMA, rows_to_table
 from metatide.extractor.core.scope import Scope
 from metatide.extractor.core.spec import PostgresSourceSpec
+from metatide.extractor.sources import postgres_sql as sql
 from metatide.extractor.sources.base import (
     Capabilities,
     ClosingSource,
@@ -91,155 +93,7 @@ _APPLICATION_NAME: Final = "metatide"
 
 _T = TypeVar("_T")
 
-# Deterministic output of format_type / pg_get_expr / pg_get_viewdef (see the module
-# docstring), and speed: JIT compilation costs more than it saves on catalog queries, and
-# the column sorts of 100,000s of rows should not spill to disk; each query is planned for
-# its actual arrays (1 or 25,000 names), not a cached generic plan. pg_get_viewdef locks the
-# relations a view reads: behind a long DDL it gives up after lock_timeout (a retryable
-# error) rather than hang. All local to the transaction.
-_PIN_SETTINGS = """
-SELECT pg_catalog.set_config('search_path', '', true),
-       pg_catalog.set_config('DateStyle', 'ISO, YMD', true),
-       pg_catalog.set_config('IntervalStyle', 'postgres', true),
-       pg_catalog.set_config('extra_float_digits', '1', true),
-       pg_catalog.set_config('bytea_output', 'hex', true),
-       pg_catalog.set_config('TimeZone', 'UTC', true),
-       pg_catalog.set_config('quote_all_identifiers', 'off', true),
-       pg_catalog.set_config('standard_conforming_strings', 'on', true),
-       pg_catalog.set_config('lc_monetary', 'C', true),
-       pg_catalog.set_config('lc_numeric', 'C', true),
-       pg_catalog.set_config('jit', 'off', true),
-       pg_catalog.set_config('work_mem', '64MB', true),
-       pg_catalog.set_config('lock_timeout', '30s', true),
-       pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true)
-"""
-
-_CLOCK = "SELECT pg_catalog.statement_timestamp()"
-
-_CURRENT_DATABASE = "SELECT pg_catalog.current_database()"
-
-_DATABASES = """
-SELECT d.datname, sd.description
-FROM pg_catalog.pg_database AS d
-LEFT JOIN pg_catalog.pg_shdescription AS sd
-       ON sd.objoid = d.oid AND sd.classoid = 'pg_catalog.pg_database'::pg_catalog.regclass
-WHERE CASE WHEN $1::text[] IS NULL THEN d.datallowconn AND NOT d.datistemplate
-           ELSE d.datname = ANY($1::text[]) END
-"""
-
-_SCHEMAS = r"""
-SELECT n.nspname, pg_catalog.obj_description(n.oid, 'pg_namespace')
-FROM pg_catalog.pg_namespace AS n
-WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-  AND n.nspname NOT LIKE 'pg\_temp\_%'
-  AND n.nspname NOT LIKE 'pg\_toast\_temp\_%'
-ORDER BY n.nspname COLLATE "C"
-"""
-
-# The fields of one column, shared by the fingerprint and by columns(). Needs `a`
-# (pg_attribute) and the joins below; the order is COLUMN_SCHEMA's from column_name on.
-# pg_get_expr with a relation opens and locks it (waiting behind any DDL in progress); a
-# default cannot refer to columns, so it is deparsed without one (same text, no lock). Only
-# a generated column's expression refers to columns and needs its relation.
-_COLUMN_FIELDS = """
-    a.attname,
-    a.attnum::int4,
-    pg_catalog.format_type(a.atttypid, a.atttypmod),
-    NOT a.attnotnull,
-    pg_catalog.pg_get_expr(ad.adbin, CASE WHEN a.attgenerated = '' THEN 0 ELSE ad.adrelid END),
-    cd.description,
-    pk.indrelid IS NOT NULL
-"""
-
-_COLUMN_JOINS = """
-LEFT JOIN pg_catalog.pg_attrdef AS ad
-       ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
-LEFT JOIN pg_catalog.pg_description AS cd
-       ON cd.objoid = a.attrelid AND cd.objsubid = a.attnum
-      AND cd.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass
-LEFT JOIN pg_catalog.pg_index AS pk
-       ON pk.indrelid = a.attrelid AND pk.indisprimary AND a.attnum = ANY(pk.indkey)
-"""
-
-_USER_COLUMNS = "a.attnum > 0 AND NOT a.attisdropped"
-
 _COLUMN_FIELD_TYPES = list(COLUMN_SCHEMA)[3:]
-
-_RELKINDS = "('r', 'p', 'v', 'm', 'f')"
-
-# The relations of the given schemas, in output order.
-_RELATIONS = f"""
-SELECT c.oid
-FROM pg_catalog.pg_class AS c
-JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-WHERE n.nspname = ANY($1::text[]) AND c.relkind IN {_RELKINDS}
-ORDER BY n.nspname COLLATE "C", c.relname COLLATE "C"
-"""
-
-# One row per relation of the given oids (one gone since `_RELATIONS` is left out); each
-# relation's columns are aggregated by a LATERAL subquery that walks pg_attribute's index
-# (measured 25-30 % faster than one GROUP BY over all of pg_attribute for 10,000 relations),
-# then hashed together with the table fields.
-_TABLES = f"""
-WITH rel AS (
-    SELECT c.oid, r.i, n.nspname, c.relname, c.relkind
-    FROM unnest($1::oid[]) WITH ORDINALITY AS r(oid, i)
-    JOIN pg_catalog.pg_class AS c ON c.oid = r.oid
-    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-), described AS (
-    SELECT rel.oid, rel.i, rel.nspname, rel.relname, rel.relkind, td.description AS comment,
-           CASE WHEN rel.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(rel.oid) END
-               AS view_definition,
-           COALESCE(cols.columns, '[]'::json) AS columns
-    FROM rel
-    LEFT JOIN LATERAL (
-        SELECT pg_catalog.json_agg(pg_catalog.json_build_array({_COLUMN_FIELDS})
-                                   ORDER BY a.attnum) AS columns
-        FROM pg_catalog.pg_attribute AS a
-        {_COLUMN_JOINS}
-        WHERE a.attrelid = rel.oid AND {_USER_COLUMNS}
-    ) AS cols ON true
-    LEFT JOIN pg_catalog.pg_description AS td
-           ON td.objoid = rel.oid AND td.objsubid = 0
-          AND td.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass
-)
-SELECT nspname,
-       relname,
-       CASE relkind WHEN 'r' THEN 'TABLE' WHEN 'p' THEN 'PARTITIONED TABLE'
-                    WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
-                    ELSE 'FOREIGN TABLE' END,
-       comment,
-       view_definition,
-       pg_catalog.left(pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(
-           pg_catalog.json_build_array(relkind, comment, view_definition, columns)::text,
-           'UTF8')), 'hex'), 32),
-       oid::text
-FROM described
-ORDER BY i
-"""
-
-# The requested relations that exist; $1 and $2 are parallel arrays of schema and table.
-# (`unnest` of two arrays is FROM-clause syntax, not a function: it cannot be qualified,
-# and search_path is '' here, so only pg_catalog's can be meant.)
-_PRESENT = f"""
-SELECT c.oid, n.nspname, c.relname
-FROM unnest($1::text[], $2::text[]) AS w(schema_name, table_name)
-JOIN pg_catalog.pg_namespace AS n ON n.nspname = w.schema_name
-JOIN pg_catalog.pg_class AS c ON c.relnamespace = n.oid AND c.relname = w.table_name
-WHERE c.relkind IN {_RELKINDS}
-ORDER BY n.nspname COLLATE "C", c.relname COLLATE "C"
-"""
-
-# Columns of the relations `_PRESENT` found (same snapshot), by their oids; each row starts
-# with the relation's 0-based position in that list instead of repeating its names.
-_COLUMNS = f"""
-SELECT (r.i - 1)::int4, {_COLUMN_FIELDS}
-FROM unnest($1::oid[]) WITH ORDINALITY AS r(oid, i)
-JOIN pg_catalog.pg_attribute AS a ON a.attrelid = r.oid
-{_COLUMN_JOINS}
-WHERE {_USER_COLUMNS}
-ORDER BY r.i, a.attnum
-"""
 
 _CREDENTIAL_ERRORS = (
     asyncpg.InvalidAuthorizationSpecificationError,  # includes InvalidPasswordError
@@ -329,13 +183,13 @@ class PostgresSource(ClosingSource):
 
     async def clock(self) -> datetime:
         async with self._session(await self._home_database()) as conn:
-            moment: datetime = await conn.fetchval(_CLOCK)
+            moment: datetime = await conn.fetchval(sql.CLOCK)
         return moment.astimezone(UTC)
 
     async def databases(self, scope: Scope) -> pa.Table:
         wanted = list(dict.fromkeys(self._spec.databases)) or None
         async with self._session(await self._home_database()) as conn:
-            rows = await conn.fetch(_DATABASES, wanted)
+            rows = await conn.fetch(sql.DATABASES, wanted)
         found = {row[0]: row[1] for row in rows}
         missing = [name for name in wanted or () if name not in found]
         if missing:
@@ -359,7 +213,7 @@ class PostgresSource(ClosingSource):
                 continue
             try:
                 async with self._session(database) as conn:
-                    listed = await self._fetch(conn, _SCHEMAS)
+                    listed = await self._fetch(conn, sql.SCHEMAS)
             except UnknownDatabaseError:
                 continue  # dropped since it was listed
             rows.extend(
@@ -408,11 +262,11 @@ class PostgresSource(ClosingSource):
         """Table rows of the database's schemas, read `_RELATIONS_PER_READ` at a time."""
         rows: list[Any] = []
         async with self._session(database) as conn:
-            found = await self._fetch(conn, _RELATIONS, schemas)
+            found = await self._fetch(conn, sql.RELATIONS, schemas)
             oids = [row[0] for row in found]
             for start in range(0, len(oids), _RELATIONS_PER_READ):
                 chunk = oids[start : start + _RELATIONS_PER_READ]
-                rows += await self._fetch(conn, _TABLES, chunk)
+                rows += await self._fetch(conn, sql.TABLES, chunk)
         return _table_rows(database, rows)
 
     async def _columns_of(
@@ -422,10 +276,12 @@ class PostgresSource(ClosingSource):
         table_names = [table for _, table in wanted]
 
         async def read(conn: Any) -> tuple[list[tuple[str, str]], pa.Table]:
-            found = await conn.fetch(_PRESENT, schema_names, table_names)
+            found = await conn.fetch(sql.PRESENT, schema_names, table_names)
             present = [(row[1], row[2]) for row in found]
+            oids = [row[0] for row in found]
             names = _Names(
                 database=database,
+                oids=pa.array(oids, type=pa.int64()),
                 schemas=pa.array([schema for schema, _ in present], type=pa.string()),
                 tables=pa.array([table for _, table in present], type=pa.string()),
             )
@@ -433,9 +289,7 @@ class PostgresSource(ClosingSource):
             # (a third faster than a cursor for 200,000 columns; the server's query is the
             # rest). A batch is at most columns.batchSize tables, so the text fits in memory.
             text = io.BytesIO()
-            await conn.copy_from_query(
-                _COLUMNS, [row[0] for row in found], output=text, format="csv"
-            )
+            await conn.copy_from_query(sql.COLUMNS, oids, output=text, format="csv")
             return present, names.column_batch(_read_csv(text.getvalue()))
 
         async with self._session(database) as conn:
@@ -449,7 +303,7 @@ class PostgresSource(ClosingSource):
     async def _read(self, conn: Any, work: Callable[[Any], Awaitable[_T]]) -> _T:
         """Run `work(conn)` in a read-only snapshot with the output settings pinned."""
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            await conn.execute(_PIN_SETTINGS)
+            await conn.execute(sql.PIN_SETTINGS)
             return await work(conn)
 
     # -- connections ---------------------------------------------------------------------
@@ -461,7 +315,7 @@ class PostgresSource(ClosingSource):
                 conn = await self._connect(None)
                 try:
                     with self._driver_errors(None):
-                        name: str = await conn.fetchval(_CURRENT_DATABASE)
+                        name: str = await conn.fetchval(sql.CURRENT_DATABASE)
                 except BaseException:
                     await _close(conn)
                     raise
@@ -585,7 +439,7 @@ class PostgresSource(ClosingSource):
 
 
 def _table_rows(database: str, rows: Sequence[Any]) -> pa.Table:
-    """`_TABLES` records as a TABLE_SCHEMA table."""
+    """`sql.TABLES` records as a TABLE_SCHEMA table."""
     fields = list(zip(*rows, strict=True)) if rows else [()] * 7
     schema_names, table_names, types, comments, definitions, fingerprints, oids = fields
     count = len(rows)
@@ -609,15 +463,20 @@ def _table_rows(database: str, rows: Sequence[Any]) -> pa.Table:
 
 @dataclass(frozen=True, slots=True)
 class _Names:
-    """The names of the relations one `_COLUMNS` query reads, by position."""
+    """The relations one `sql.COLUMNS` query reads: oids and names, in output order."""
 
     database: str
+    oids: pa.Array
     schemas: pa.Array
     tables: pa.Array
 
     def column_batch(self, rows: pa.Table) -> pa.Table:
-        """`_COLUMNS` rows (position, then `_COLUMN_FIELDS`) as a COLUMN_SCHEMA table."""
-        index = rows.column(0).cast(pa.int32())
+        """`sql.COLUMNS` rows (relation oid, then the column fields) as a COLUMN_SCHEMA
+        table, ordered by relation (in `oids` order) and ordinal position."""
+        rows = rows.append_column(
+            "position", pc.index_in(rows.column("relation"), value_set=self.oids)
+        ).sort_by([("position", "ascending"), ("ordinal_position", "ascending")])
+        index = rows.column("position")
         arrays = [
             pa.repeat(pa.scalar(self.database, type=pa.string()), rows.num_rows),
             self.schemas.take(index),
@@ -630,12 +489,12 @@ class _Names:
         return pa.Table.from_arrays(arrays, schema=COLUMN_SCHEMA)
 
 
-_CSV_COLUMNS: Final = ["position", *(field.name for field in _COLUMN_FIELD_TYPES)]
+_CSV_COLUMNS: Final = ["relation", *(field.name for field in _COLUMN_FIELD_TYPES)]
 
 
 def _read_csv(data: bytes) -> pa.Table:
     """PostgreSQL's CSV: NULL is an unquoted empty field, '' a quoted one, booleans t/f."""
-    types = {"position": pa.int32(), **{field.name: field.type for field in _COLUMN_FIELD_TYPES}}
+    types = {"relation": pa.int64(), **{field.name: field.type for field in _COLUMN_FIELD_TYPES}}
     if not data:  # relations without columns (or none at all): Arrow refuses an empty file
         return pa.schema([pa.field(name, types[name]) for name in _CSV_COLUMNS]).empty_table()
     return pacsv.read_csv(

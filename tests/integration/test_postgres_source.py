@@ -33,7 +33,7 @@ from metatide.extractor.core.ids import TableKey
 from metatide.extractor.core.records import COLUMN_SCHEMA, TABLE_SCHEMA
 from metatide.extractor.core.scope import Scope
 from metatide.extractor.core.spec import PostgresSourceSpec, ScopeRule, ScopeSpec, SecretRef
-from metatide.extractor.sources import postgres
+from metatide.extractor.sources import postgres, postgres_sql
 from metatide.extractor.sources.postgres import PostgresSource, UnknownDatabaseError
 from tests.services import (
     create_database,
@@ -624,9 +624,9 @@ def test_tables_under_ddl_are_read_without_waiting(db: Db, monkeypatch: pytest.M
 
 def test_a_view_locked_by_ddl_is_a_retryable_error(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
     db.execute("CREATE TABLE base (x int); CREATE VIEW over AS SELECT x FROM base")
-    settings = postgres._PIN_SETTINGS.replace("'lock_timeout', '30s'", "'lock_timeout', '200ms'")
-    assert settings != postgres._PIN_SETTINGS
-    monkeypatch.setattr(postgres, "_PIN_SETTINGS", settings)
+    settings = postgres_sql.PIN_SETTINGS.replace("'lock_timeout', '30s'", "'lock_timeout', '200ms'")
+    assert settings != postgres_sql.PIN_SETTINGS
+    monkeypatch.setattr(postgres_sql, "PIN_SETTINGS", settings)
 
     async def during_migration() -> None:
         migration = await asyncpg.connect(db.dsn)
