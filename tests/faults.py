@@ -91,5 +91,5 @@ class FaultyStore:
     async def delete(self, keys: list[str]) -> None:
         await self._inner.delete(keys)
 
-    async def local_path(self, key: str) -> Path | None:
-        return await self._inner.local_path(key)
+    async def local_file(self, key: str, destination: Path) -> Path:
+        return await self._inner.local_file(key, destination)

@@ -145,9 +145,13 @@ async def _plan(
 
 
 async def _check_store_writable(store: Store, run_id: RunId) -> None:
-    """Preflight: fail before any work if the store cannot take a write."""
+    """Preflight: fail before any work if the store cannot take a conditional write.
+
+    A conditional write, as the commit will make: an S3 store checks here, once, that its
+    server honours the preconditions (and warns if not), rather than at the commit.
+    """
     key = plan_key(run_id, "preflight")
-    await store.put(key, b"ok")
+    await store.put_if_absent(key, b"ok")
     await store.delete([key])
 
 

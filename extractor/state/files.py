@@ -32,7 +32,6 @@ from metatide.extractor.state.manifest import (
     parse_manifest,
 )
 from metatide.extractor.storage import KeyNotFoundError, Store
-from metatide.extractor.storage.meter import record_read
 
 _BUCKET_DRIFT = 4  # re-bucket (full rewrite) when tables per bucket drift this far off target
 _PARALLEL_READS = 16  # state files fetched at once
@@ -200,43 +199,42 @@ async def verify_files(store: Store, refs: Sequence[FileRef]) -> list[BadFile]:
 
 
 async def _read(store: Store, key: str) -> bytes | None:
-    """A state file's bytes (None when absent); a local store's file is read in place."""
-    local = await store.local_path(key)
-    if local is None:
-        try:
-            return (await store.get(key)).data
-        except KeyNotFoundError:
-            return None
+    """A state file's bytes, or None when absent."""
     try:
-        data = await asyncio.to_thread(local.read_bytes)
-    except FileNotFoundError:
+        return (await store.get(key)).data
+    except KeyNotFoundError:
         return None
-    record_read(len(data))
-    return data
 
 
 def _problem(ref: FileRef, data: bytes | None) -> BadFile | None:
     if data is None:
         return BadFile(ref.key, "missing")
-    digest = hashlib.sha256(data).hexdigest()
+    return _mismatch(ref, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def _mismatch(ref: FileRef, digest: str, size: int) -> BadFile | None:
+    """How a file's digest and size differ from the manifest's record (None: they agree)."""
     if digest == ref.sha256:
         return None
-    if len(data) != ref.bytes:
-        return BadFile(ref.key, f"{len(data)} bytes where the manifest records {ref.bytes}")
+    if size != ref.bytes:
+        return BadFile(ref.key, f"{size} bytes where the manifest records {ref.bytes}")
     return BadFile(ref.key, f"sha256 {digest[:12]}… where the manifest records {ref.sha256[:12]}…")
 
 
 async def _fetch_one(store: Store, ref: FileRef, workdir: Path) -> Path | BadFile:
-    data = await _read(store, ref.key)
-    bad = _problem(ref, data)
-    if bad is not None or data is None:
-        return bad or BadFile(ref.key, "missing")
-    local = await store.local_path(ref.key)
-    if local is None:
-        local = workdir / "fetched" / ref.key
-        local.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(local.write_bytes, data)
-    return local
+    try:
+        local = await store.local_file(ref.key, workdir / "fetched" / ref.key)
+    except KeyNotFoundError:
+        return BadFile(ref.key, "missing")
+    bad = await asyncio.to_thread(_check_file, ref, local)
+    return bad or local
+
+
+def _check_file(ref: FileRef, path: Path) -> BadFile | None:
+    with path.open("rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+    size = path.stat().st_size
+    return _mismatch(ref, digest, size)
 
 
 def read_parquet_files(paths: Iterable[Path], entity: Entity) -> pa.Table:

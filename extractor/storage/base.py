@@ -1,10 +1,10 @@
 """The `Store` seam: what every phase needs from an object store.
 
-Eight operations and a `location` for messages: reads (`get`, `list`), plain writes (`put`,
-and `put_file` for large Parquet and JSON-lines files finalize publishes without copying them
-into memory), the two conditional writes below, idempotent `delete`, and `local_path`, which
-lets a reader open a file of a store on this filesystem in place instead of downloading it
-(the local-directory store answers; object stores return None).
+Eight operations and a `location` for messages: reads (`get`, `list`, and `local_file` for
+state files DuckDB reads from disk), plain writes (`put`, and `put_file` for large Parquet and
+JSON-lines files finalize publishes without copying them into memory), the two conditional
+writes below, and idempotent `delete`. `local_file` lets a store on this filesystem hand out
+its own file instead of a copy, without the caller knowing which kind of store it has.
 
 Phases talk to each other only through a store (plan writes the scope, columns writes batch
 files, finalize reads both and commits), so this protocol is the whole contract between them
@@ -75,8 +75,12 @@ class Store(Protocol):
         """Delete keys; absent keys are not an error (deletion is idempotent)."""
         ...
 
-    async def local_path(self, key: str) -> Path | None:
-        """A local file holding the key's bytes, if the store is on this filesystem."""
+    async def local_file(self, key: str, destination: Path) -> Path:
+        """A local file with the key's bytes: a download to `destination`, or the store's own
+        file where the store is on this filesystem (the caller only reads it).
+
+        Raises KeyNotFoundError when absent.
+        """
         ...
 
 

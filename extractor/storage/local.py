@@ -97,9 +97,15 @@ class LocalStore:
     async def delete(self, keys: Sequence[str]) -> None:
         await asyncio.to_thread(self._delete, keys)
 
-    async def local_path(self, key: str) -> Path | None:
+    async def local_file(self, key: str, destination: Path) -> Path:
+        """The store's own file (no copy: a committed state file is never rewritten)."""
         path = self._path(key)
-        return path if path.exists() else None
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise KeyNotFoundError(self.location, key) from None
+        record_read(size)
+        return path
 
     def _temporary(self, target: Path) -> tuple[int, Path]:
         """A new temporary file beside `target`, with the mode a created file would get."""

@@ -2,8 +2,8 @@
 
 A phase opens `metering()`; every store read and write made in that context (tasks and worker
 threads it starts included, as they inherit the context) adds to the same `IOMeter`. Outside
-a metered context nothing is counted. Stores report what crosses their boundary; a caller
-that reads a store's local file directly (`Store.local_path`) reports that read itself.
+a metered context nothing is counted. Stores report what crosses their boundary; a local file
+a store hands out (`Store.local_file`) counts as read in full.
 """
 
 from __future__ import annotations

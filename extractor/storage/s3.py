@@ -10,25 +10,20 @@ single-part PutObject:
   or 404 (deleted) means someone else moved the key. An ETag follows the content (MD5 of a
   single-part upload), so rewriting identical bytes keeps the version, as in the local store.
 
-The SDK's public ``put_object`` turns unknown headers into ``x-amz-meta-*`` user metadata, so
-conditional writes go through ``Minio._put_object`` (the SDK's own single PutObject call, which
-takes raw headers). minio 7.2 has no public call for it, so pyproject pins minio below 7.3 and
-tests/unit/test_s3_sdk.py fails if the private call changes shape. Before its first conditional
-write a store checks once that the server honours both headers (a probe key written twice,
-then a stale ETag). A server that ignores them gets a logged warning and a racy fallback: a
-HEAD followed by an unconditional PUT, which two writers at the same instant can both pass.
-MinIO and AWS S3 (since 2024) honour both.
-Conditional writes use their own connection pool without keep-alive: MinIO closes the
-connection after a 412 without saying so, and reusing it races the server's FIN.
+The SDK's public ``put_object`` cannot send those headers, so they go through the one private
+call in `s3_client`. Before its first conditional write a store checks once that the server
+honours both headers (a probe key written twice, then a stale ETag); plan's preflight makes
+that first write, so the check happens before any work. A server that ignores them gets a
+logged warning and a racy fallback: a HEAD followed by an unconditional PUT, which two writers
+at the same instant can both pass. MinIO and AWS S3 (since 2024) honour both. Conditional
+writes use their own connection pool without keep-alive (see `s3_client`).
 
 minio is blocking, so every call runs in a worker thread (`asyncio.to_thread`). Driver errors
-are translated in one place, `_Target.failure`: a missing bucket is a `SpecError`, refused
-credentials a `CredentialsError`, and connection failures, 5xx and throttling a retryable
-`StorageUnavailableError`, which is retried a few times with exponential backoff (tenacity)
-before it reaches the caller. The HTTP pool has a short connect timeout and no retries of its
-own, so an unreachable endpoint fails in seconds. A conditional write whose first attempt may
-have reached the server (the response was lost) and whose retry then loses reads the key back:
-if it holds exactly our bytes, the earlier attempt won and the write reports success.
+are translated in `s3_errors`; a retryable `StorageUnavailableError` is retried a few times
+with exponential backoff (tenacity) before it reaches the caller. A conditional write whose
+first attempt may have reached the server (the response was lost) and whose retry then loses
+reads the key back: if it holds exactly our bytes, the earlier attempt won and the write
+reports success.
 """
 
 from __future__ import annotations
@@ -39,22 +34,18 @@ import functools
 import io
 import itertools
 import logging
-import os
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import Final, TypeVar
 from urllib.parse import unquote, urlsplit
 
-import certifi
-import urllib3
 from minio import Minio
 from minio.deleteobjects import DeleteError, DeleteObject
-from minio.error import InvalidResponseError, S3Error, ServerError
-from minio.helpers import DictType, check_bucket_name
+from minio.error import S3Error
+from minio.helpers import check_bucket_name
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -62,10 +53,8 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential,
 )
-from urllib3.exceptions import HTTPError, MaxRetryError, SSLError
 
 from metatide.extractor.core.errors import (
-    CredentialsError,
     MetatideError,
     SpecError,
     StorageUnavailableError,
@@ -74,122 +63,21 @@ from metatide.extractor.core.errors import (
 from metatide.extractor.core.spec import ExtractionSpec
 from metatide.extractor.storage.base import KeyNotFoundError, ObjectInfo, StoredObject
 from metatide.extractor.storage.meter import record_read, record_write
-
-if TYPE_CHECKING:
-    from urllib3._base_connection import BaseHTTPConnection
+from metatide.extractor.storage.s3_client import CONTENT_TYPE, make_client, put_with_headers
+from metatide.extractor.storage.s3_errors import Target, is_absent, is_precondition_failure
 
 AWS_ENDPOINT: Final = "s3.amazonaws.com"
-CONNECT_TIMEOUT_SECONDS: Final = 3.0
-"""Time to open a TCP (and TLS) connection before the attempt counts as failed."""
-READ_TIMEOUT_SECONDS: Final = 60.0
-"""Time to wait for the server between two reads of a response."""
 ATTEMPTS: Final = 4
 """Tries of one operation on a retryable failure (backoff 0.25 s, 0.5 s, 1 s in between)."""
 DELETE_BATCH: Final = 1000
 """Keys per DeleteObjects request (the S3 maximum)."""
 LIST_PAGE: Final = 1000
 """Keys fetched per ListObjectsV2 request."""
-POOL_CONNECTIONS: Final = 16
-
-_CONTENT_TYPE: Final = "application/octet-stream"
+_DOWNLOAD_CHUNK: Final = 1 << 20
 _PROBE_NAME: Final = ".metatide-probe-"
-
-_MISSING_BUCKET: Final = frozenset({"NoSuchBucket"})
-_REFUSED_CREDENTIALS: Final = frozenset(
-    {
-        "AccessDenied",
-        "AllAccessDisabled",
-        "ExpiredToken",
-        "InvalidAccessKeyId",
-        "InvalidToken",
-        "SignatureDoesNotMatch",
-        "TokenRefreshRequired",
-    }
-)
-_TRANSIENT: Final = frozenset(
-    {
-        "ConditionalRequestConflict",  # AWS: a concurrent conditional write; retry
-        "InternalError",
-        "OperationAborted",
-        "RequestTimeout",
-        "ServiceUnavailable",
-        "SlowDown",
-        "XMinioServerNotInitialized",
-    }
-)
-_PRECONDITION_FAILED: Final = 412
-_NOT_IMPLEMENTED: Final = 501  # e.g. a precondition header the server does not support
-_NO_ANSWER: Final = 599  # pseudo status: the request got no HTTP answer (connect/read failed)
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """Where a store points, and the names (never values) of its credentials, for messages."""
-
-    endpoint: str
-    bucket: str
-    prefix: str
-    access_key_env: str
-    secret_key_env: str
-
-    @property
-    def location(self) -> str:
-        path = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
-        return f"s3://{path} ({self.endpoint})"
-
-    def failure(self, code: str, status: int, detail: str, action: str) -> MetatideError:
-        """The metatide error for a driver failure: the one place S3 errors are translated."""
-        if code in _MISSING_BUCKET:
-            return SpecError(
-                f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it "
-                f"(e.g. `mc mb ALIAS/{self.bucket}` or `aws s3 mb s3://{self.bucket}`) or "
-                "fix spec.storage.url"
-            )
-        if code in _REFUSED_CREDENTIALS:
-            return CredentialsError(
-                f"{self.endpoint} refused the S3 credentials from the environment variables "
-                f"{self.access_key_env} and {self.secret_key_env} ({code}) when trying to "
-                f"{action}; check that they are current and allow get, put, delete and list "
-                f"on {self.location}"
-            )
-        if code in _TRANSIENT or (status >= 500 and status != _NOT_IMPLEMENTED):
-            return StorageUnavailableError(
-                f"{self.location} could not {action}: {detail}; check that the server is up "
-                "and reachable (spec.storage.endpoint, spec.storage.secure)"
-            )
-        return TerminalError(f"{self.location} refused to {action}: {detail}")
-
-    @contextmanager
-    def translated(self, action: str, key: str) -> Iterator[None]:
-        """Raise metatide errors instead of minio/urllib3 ones inside the block."""
-        try:
-            yield
-        except S3Error as exc:
-            if exc.code == "NoSuchKey":
-                raise KeyNotFoundError(self.location, key) from exc
-            status = exc.response.status
-            detail = f"{exc.code} (HTTP {status}): {exc.message}"
-            raise self.failure(exc.code or "", status, detail, action) from exc
-        except ServerError as exc:
-            raise self.failure("", exc.status_code, str(exc), action) from exc
-        except InvalidResponseError as exc:
-            # A non-S3 answer (a proxy's HTML page, a wrong port): retry only server errors.
-            status = getattr(exc, "_code", 0)
-            status = status if isinstance(status, int) else 0
-            detail = f"the endpoint did not answer like an S3 server (HTTP {status})"
-            raise self.failure("", status, detail, action) from exc
-        except HTTPError as exc:
-            reason = exc.reason if isinstance(exc, MaxRetryError) else exc
-            if isinstance(reason, SSLError):
-                raise SpecError(
-                    f"TLS to {self.endpoint} failed ({reason}); if the server speaks plain "
-                    "HTTP set spec.storage.secure to false, else point SSL_CERT_FILE at its CA"
-                ) from exc
-            detail = f"{type(reason).__name__}: {reason}"
-            raise self.failure("", _NO_ANSWER, detail, action) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,66 +86,6 @@ class _ConditionalSupport:
 
     if_none_match: bool
     if_match: bool
-
-
-class _OneShotHTTPConnectionPool(urllib3.HTTPConnectionPool):
-    """Closes each connection after its request instead of keeping it for the next one."""
-
-    def _put_conn(self, conn: BaseHTTPConnection | None) -> None:
-        if conn is not None:
-            conn.close()
-
-
-class _OneShotHTTPSConnectionPool(urllib3.HTTPSConnectionPool):
-    """`_OneShotHTTPConnectionPool` for https."""
-
-    def _put_conn(self, conn: BaseHTTPConnection | None) -> None:
-        if conn is not None:
-            conn.close()
-
-
-def _http_pool(*, reuse_connections: bool = True) -> urllib3.PoolManager:
-    """Short connect timeout and no retries here: tenacity retries whole operations.
-
-    Conditional writes use a pool without keep-alive: MinIO closes the connection after a 412
-    without a ``Connection: close`` header, so the next request on a pooled connection could
-    race the server's FIN and die with "connection reset by peer".
-    """
-    pool = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=READ_TIMEOUT_SECONDS),
-        retries=urllib3.Retry(total=0, redirect=False),
-        maxsize=POOL_CONNECTIONS,
-        cert_reqs="CERT_REQUIRED",
-        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
-    )
-    if not reuse_connections:
-        pool.pool_classes_by_scheme = {
-            "http": _OneShotHTTPConnectionPool,
-            "https": _OneShotHTTPSConnectionPool,
-        }
-    return pool
-
-
-def _client(
-    endpoint: str,
-    *,
-    access_key: str,
-    secret_key: str,
-    secure: bool,
-    region: str | None,
-    reuse_connections: bool,
-) -> Minio:
-    try:
-        return Minio(
-            endpoint,
-            access_key=access_key,
-            secret_key=secret_key,
-            secure=secure,
-            region=region,
-            http_client=_http_pool(reuse_connections=reuse_connections),
-        )
-    except ValueError as exc:
-        raise SpecError(f"spec.storage.endpoint {endpoint!r} is invalid: {exc}") from None
 
 
 def _parse_url(url: str) -> tuple[str, str]:
@@ -286,10 +114,6 @@ def _check_key(key: str) -> None:
         raise ValueError(f"store key {key!r} must be relative, without empty, '.' or '..' segments")
 
 
-def _is_precondition_failure(exc: S3Error) -> bool:
-    return exc.response.status == _PRECONDITION_FAILED or exc.code == "PreconditionFailed"
-
-
 def _log_retry(state: RetryCallState) -> None:
     error = state.outcome.exception() if state.outcome else None
     wait = state.next_action.sleep if state.next_action else 0.0
@@ -311,7 +135,7 @@ def _retrying() -> AsyncRetrying:
 class S3Store:
     """A `Store` over a bucket and key prefix of an S3-compatible server."""
 
-    def __init__(self, client: Minio, conditional_client: Minio, target: _Target) -> None:
+    def __init__(self, client: Minio, conditional_client: Minio, target: Target) -> None:
         """Use `from_spec`; `conditional_client` must not reuse connections (see _http_pool)."""
         self._client = client
         self._conditional_client = conditional_client
@@ -333,7 +157,7 @@ class S3Store:
         access_key = storage.access_key_from.resolve("the S3 access key")
         secret_key = storage.secret_key_from.resolve("the S3 secret key")
         clients = [
-            _client(
+            make_client(
                 endpoint,
                 access_key=access_key,
                 secret_key=secret_key,
@@ -343,7 +167,7 @@ class S3Store:
             )
             for reuse in (True, False)
         ]
-        target = _Target(
+        target = Target(
             endpoint=endpoint,
             bucket=bucket,
             prefix=_join(url_prefix, spec.connection_prefix),
@@ -417,8 +241,25 @@ class S3Store:
                 if obj.object_name is not None
             ]
 
-    async def local_path(self, key: str) -> Path | None:
-        return None
+    async def local_file(self, key: str, destination: Path) -> Path:
+        name = self._name(key)
+        size = await self._call(lambda: self._download(key, name, destination))
+        record_read(size)
+        return destination
+
+    def _download(self, key: str, name: str, destination: Path) -> int:
+        """Stream the object into `destination` (a retry starts the file over); its size."""
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with self._target.translated(f"read {key}", key):
+            response = self._client.get_object(self._target.bucket, name)
+            try:
+                with destination.open("wb") as file:
+                    for chunk in response.stream(_DOWNLOAD_CHUNK):
+                        file.write(chunk)
+            finally:
+                response.close()
+                response.release_conn()
+        return destination.stat().st_size
 
     # -- plain writes ------------------------------------------------------------------------
 
@@ -430,7 +271,7 @@ class S3Store:
     def _put(self, key: str, name: str, data: bytes) -> None:
         with self._target.translated(f"write {key}", key):
             self._client.put_object(
-                self._target.bucket, name, io.BytesIO(data), len(data), content_type=_CONTENT_TYPE
+                self._target.bucket, name, io.BytesIO(data), len(data), content_type=CONTENT_TYPE
             )
 
     async def put_file(self, key: str, path: Path) -> None:
@@ -440,7 +281,7 @@ class S3Store:
 
     def _put_file(self, key: str, name: str, path: Path) -> None:
         with self._target.translated(f"upload {path} as {key}", key):
-            self._client.fput_object(self._target.bucket, name, str(path), _CONTENT_TYPE)
+            self._client.fput_object(self._target.bucket, name, str(path), CONTENT_TYPE)
 
     async def delete(self, keys: Sequence[str]) -> None:
         names = [self._name(key) for key in keys]
@@ -504,26 +345,16 @@ class S3Store:
 
     def _try_put(self, key: str, name: str, data: bytes, condition: dict[str, str]) -> bool:
         """One conditional single-part PutObject; False when the precondition failed."""
-        headers: DictType = {"Content-Type": _CONTENT_TYPE, **condition}
         with self._target.translated(f"write {key} conditionally", key):
             try:
-                # Private on purpose: the public put_object would send the precondition as
-                # x-amz-meta-* user metadata, which every server ignores.
-                self._conditional_client._put_object(self._target.bucket, name, data, headers)
+                put_with_headers(
+                    self._conditional_client, self._target.bucket, name, data, condition
+                )
             except S3Error as exc:
-                if _is_precondition_failure(exc) or exc.code == "NoSuchKey":
+                if is_precondition_failure(exc) or is_absent(exc):
                     return False
                 raise
         return True
-
-    async def conditional_writes_supported(self) -> bool:
-        """Whether the server honours If-None-Match and If-Match (probed once, then cached).
-
-        Preflight may report it: without them the lease and the commit are only as safe as
-        running one extraction of a connection at a time.
-        """
-        support = await self._conditional_support()
-        return support.if_none_match and support.if_match
 
     async def _conditional_support(self) -> _ConditionalSupport:
         if self._support is not None:
@@ -574,7 +405,7 @@ class S3Store:
                 self._client.stat_object(self._target.bucket, name)
                 return False
             except S3Error as exc:
-                if exc.code not in ("NoSuchKey", "NoSuchObject"):
+                if not is_absent(exc):
                     raise
         self._put(key, name, data)
         return True
@@ -585,7 +416,7 @@ class S3Store:
             try:
                 current = self._client.stat_object(self._target.bucket, name).etag
             except S3Error as exc:
-                if exc.code in ("NoSuchKey", "NoSuchObject"):
+                if is_absent(exc):
                     return False
                 raise
         if (current or "").strip('"') != version:

@@ -133,7 +133,9 @@ def test_open_store_picks_s3_and_location_hides_credentials(bucket: str, credent
 
 def test_the_real_conditional_writes_are_used(make_s3_store: Callable[[], S3Store]) -> None:
     store = make_s3_store()
-    assert run(store.conditional_writes_supported()) is True
+    assert run(store._conditional_support()) == _ConditionalSupport(
+        if_none_match=True, if_match=True
+    )
     # The probe cleans up after itself and is never listed.
     assert run(listing(store, "")) == {}
 
@@ -150,7 +152,7 @@ def test_a_lost_response_does_not_turn_a_won_write_into_a_loss(
 ) -> None:
     """The first attempt reaches the server but its answer is lost; the retry sees 412."""
     store = make_s3_store()
-    run(store.conditional_writes_supported())
+    run(store._conditional_support())
     real_try_put = store._try_put
     calls = 0
 
@@ -178,7 +180,6 @@ def test_racy_fallback_keeps_the_semantics_when_preconditions_are_ignored(
 ) -> None:
     store = make_s3_store()
     store._support = _ConditionalSupport(if_none_match=False, if_match=False)
-    assert run(store.conditional_writes_supported()) is False
     assert run(store.put_if_absent("lease.json", b"first")) is True
     assert run(store.put_if_absent("lease.json", b"second")) is False
     version = run(store.get("lease.json")).version
@@ -277,7 +278,9 @@ def test_put_file_streams_a_file_larger_than_a_part(
     store = make_store()
     run(store.put_file("current-state/column/large.parquet", source))
     assert run(store.get("current-state/column/large.parquet")).data == source.read_bytes()
-    assert run(store.local_path("current-state/column/large.parquet")) is None
+    copy = run(store.local_file("current-state/column/large.parquet", tmp_path / "copy.parquet"))
+    assert copy == tmp_path / "copy.parquet"
+    assert copy.read_bytes() == source.read_bytes()
 
 
 def test_https_to_a_plain_http_server_says_to_turn_secure_off(

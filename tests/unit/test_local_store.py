@@ -87,6 +87,17 @@ class StoreContract:
         run(store.put_file("files/upload.parquet", source))
         assert run(store.get("files/upload.parquet")).data == source.read_bytes()
 
+    def test_local_file_holds_the_bytes(self, store: Store, tmp_path: Path) -> None:
+        run(store.put("state/table/0.parquet", b"PAR1 rows PAR1"))
+        path = run(store.local_file("state/table/0.parquet", tmp_path / "work" / "0.parquet"))
+        assert path.read_bytes() == b"PAR1 rows PAR1"
+
+    def test_local_file_of_an_absent_key_raises_key_not_found(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        with pytest.raises(KeyNotFoundError):
+            run(store.local_file("state/missing.parquet", tmp_path / "work" / "missing.parquet"))
+
     def test_put_if_absent_creates_once(self, store: Store) -> None:
         assert run(store.put_if_absent("lease.json", b"first")) is True
         assert run(store.put_if_absent("lease.json", b"second")) is False
@@ -216,12 +227,11 @@ class TestLocalStore(StoreContract):
     def test_location_is_a_file_url(self, store: Store, tmp_path: Path) -> None:
         assert store.location == f"file://{tmp_path / 'store'}"
 
-    def test_local_path_points_at_the_bytes(self, store: Store) -> None:
+    def test_local_file_is_the_stored_file_itself(self, store: Store, tmp_path: Path) -> None:
         run(store.put("state/a.parquet", b"PAR1"))
-        path = run(store.local_path("state/a.parquet"))
-        assert path is not None
-        assert path.read_bytes() == b"PAR1"
-        assert run(store.local_path("state/missing.parquet")) is None
+        path = run(store.local_file("state/a.parquet", tmp_path / "copy" / "a.parquet"))
+        assert path == tmp_path / "store" / "state" / "a.parquet"
+        assert not (tmp_path / "copy").exists()
 
     def test_temporary_and_lock_files_are_not_listed(self, store: Store, tmp_path: Path) -> None:
         run(store.put("manifest.json", b"v1"))

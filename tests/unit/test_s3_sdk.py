@@ -1,4 +1,4 @@
-"""The minio SDK still offers what `storage/s3.py` relies on beyond its public API.
+"""The minio SDK still offers what `storage/s3_client.py` relies on beyond its public API.
 
 Conditional writes call the private ``Minio._put_object`` because the public ``put_object``
 turns If-None-Match and If-Match into ``x-amz-meta-*`` user metadata. pyproject pins minio
@@ -21,7 +21,7 @@ from minio.helpers import ObjectWriteResult
 def test_the_installed_minio_is_inside_the_pinned_bound() -> None:
     major, minor = (int(part) for part in version("minio").split(".")[:2])
     assert (major, minor) == (7, 2), (
-        f"minio {version('minio')} is installed; storage/s3.py was checked against 7.2 only"
+        f"minio {version('minio')} is installed; storage/s3_client.py was checked against 7.2 only"
     )
 
 
@@ -57,6 +57,6 @@ def test_private_put_object_sends_preconditions_as_raw_headers() -> None:
 
 
 def test_public_put_object_still_cannot_send_preconditions() -> None:
-    """When this fails, minio grew a public way to pass raw headers: switch s3.py to it."""
+    """When this fails, minio grew a public way to pass raw headers: switch s3_client.py to it."""
     parameters = inspect.signature(Minio.put_object).parameters
     assert not {"headers", "extra_headers"} & set(parameters)
