@@ -12,6 +12,7 @@ import pytest
 from localkube import images, network, node
 from localkube.network import Network
 from localkube.relay import Route, serve
+from localkube.settings import host_ports
 
 
 def test_the_gateway_is_the_node_and_the_kubernetes_service_address() -> None:
@@ -46,6 +47,15 @@ def test_cni_config_names_the_bridge_range_and_gateway(tmp_path: Path) -> None:
         "10.201.9.254",
         "10.201.9.1",
     )
+
+
+def test_relayed_ports_follow_the_services_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("METATIDE_E2E_HOST_PORTS", "METATIDE_PG_PORT", "METATIDE_MYSQL_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("METATIDE_S3_PORT", "59100")
+    assert host_ports() == [55432, 59100, 53306]
+    monkeypatch.setenv("METATIDE_E2E_HOST_PORTS", "1, 2")
+    assert host_ports() == [1, 2]
 
 
 def test_route_parsing() -> None:

@@ -35,7 +35,8 @@ usage: e2e/cluster COMMAND [ARGS...]
 
 Environment: METATIDE_CACHE_DIR (default ~/.cache/metatide), METATIDE_E2E_DIR (cluster state,
 default $METATIDE_CACHE_DIR/cluster), METATIDE_E2E_HOST_PORTS (host ports pods reach at the
-node's address, default 55432,59000,53306), METATIDE_IMAGE_TOOL (docker or podman),
+node's address, default $METATIDE_PG_PORT,$METATIDE_S3_PORT,$METATIDE_MYSQL_PORT, else
+55432,59000,53306), METATIDE_IMAGE_TOOL (docker or podman),
 METATIDE_PYTHON_IMAGE (a pullable base instead of the local one), METATIDE_CA_BUNDLE (the CA
 bundle handed to image builds, default /etc/ssl/certs/ca-certificates.crt).
 """

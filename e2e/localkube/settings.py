@@ -24,10 +24,14 @@ NODE_NAME = "metatide-e2e"
 """The one Node of the cluster (the kubelet's --hostname-override)."""
 
 HOST_PORTS_ENV = "METATIDE_E2E_HOST_PORTS"
-DEFAULT_HOST_PORTS = "55432,59000,53306"
-"""The host's loopback ports that pods reach at the node's gateway address: PostgreSQL, MinIO
-and MariaDB as .ci/services starts them (METATIDE_PG_PORT, METATIDE_S3_PORT,
-METATIDE_MYSQL_PORT)."""
+SERVICE_PORTS = (
+    ("METATIDE_PG_PORT", 55432),
+    ("METATIDE_S3_PORT", 59000),
+    ("METATIDE_MYSQL_PORT", 53306),
+)
+"""The host's loopback ports that pods reach at the node's gateway address when
+$METATIDE_E2E_HOST_PORTS is unset: PostgreSQL, MinIO and MariaDB where .ci/services starts them
+(each port's variable, else its default), so moving a service moves its relay too."""
 
 E2E_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = E2E_DIR.parent
@@ -108,9 +112,12 @@ class Layout:
 
 
 def host_ports() -> list[int]:
-    """Ports relayed from the gateway to 127.0.0.1: ``$METATIDE_E2E_HOST_PORTS`` (a, b, ...)."""
-    text = os.environ.get(HOST_PORTS_ENV) or DEFAULT_HOST_PORTS
-    return [int(port) for port in text.replace(" ", "").split(",") if port]
+    """Ports relayed from the gateway to 127.0.0.1: ``$METATIDE_E2E_HOST_PORTS`` (a, b, ...),
+    else the services' ports (`SERVICE_PORTS`)."""
+    text = os.environ.get(HOST_PORTS_ENV)
+    if text:
+        return [int(port) for port in text.replace(" ", "").split(",") if port]
+    return [int(os.environ.get(name) or default) for name, default in SERVICE_PORTS]
 
 
 def layout() -> Layout:
