@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from metatide.extractor.core.records import rows_to_table
 from metatide.extractor.core.scope import Scope
@@ -209,3 +211,44 @@ def test_empty_include_list_excludes_everything() -> None:
 def test_scope_rule_accepts_schema_alias_and_python_name() -> None:
     assert ScopeRule.model_validate({"schema": "x"}).schema_ == "x"
     assert ScopeRule.model_validate({"schema_": "x"}).schema_ == "x"
+
+
+_NAMES = st.sampled_from(
+    ["a", "ab", "b", "a.b", "tmp_1", "tmpx1", "x[1]", "", "a%b", "a\\b", "a\nb"]
+)
+_GLOBS = st.sampled_from(
+    ["*", "a*", "?b", "a.b", "tmp_*", "[ab]", "x[[]1]", "b", "a%b", "a\\*", "a?b", "a*b"]
+)
+_RULES = st.lists(
+    st.fixed_dictionaries({"database": _GLOBS, "schema": _GLOBS, "table": _GLOBS}), max_size=3
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    names=st.lists(st.tuples(_NAMES, _NAMES, _NAMES), max_size=12),
+    include=_RULES,
+    exclude=_RULES,
+)
+def test_arrow_filters_agree_with_the_row_questions(
+    names: list[tuple[str, str, str]],
+    include: list[dict[str, str]],
+    exclude: list[dict[str, str]],
+) -> None:
+    """The vectorized filters keep exactly the rows `table` and `schema` say are in scope."""
+    rules = scope(include=include, exclude=exclude)
+    rows = [
+        {"database_name": d, "schema_name": s, "table_name": t, "table_type": "TABLE"}
+        for d, s, t in names
+    ]
+    kept = rules.filter_tables(rows_to_table("table", rows)).to_pylist()
+    assert list(map(row_names, kept)) == [n for n in map(row_names, rows) if rules.table(*n)]
+    schema_rows = [{"database_name": d, "schema_name": s, "comment": None} for d, s, _ in names]
+    kept_schemas = rules.filter_schemas(rows_to_table("schema", schema_rows)).to_pylist()
+    assert kept_schemas == [
+        row for row in schema_rows if rules.schema(row["database_name"], row["schema_name"])
+    ]
+
+
+def row_names(row: dict[str, Any]) -> tuple[str, str, str]:
+    return row["database_name"], row["schema_name"], row["table_name"]
