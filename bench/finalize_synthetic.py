@@ -36,6 +36,7 @@ from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
@@ -244,11 +245,15 @@ class SyntheticSource(ClosingSource):
         listing = self._catalog.listing
         if not self._changed:
             return listing
-        prints = listing.column("fingerprint").to_pylist()
-        for index in self._changed:
-            prints[index] = fingerprint(index, 1)
+        changed = np.fromiter(sorted(self._changed), np.int64, len(self._changed))
+        mask = np.zeros(listing.num_rows, dtype=bool)
+        mask[changed] = True
+        new_prints = pa.array([fingerprint(int(index), 1) for index in changed], pa.string())
+        prints = pc.replace_with_mask(
+            listing.column("fingerprint").combine_chunks(), pa.array(mask), new_prints
+        )
         position = listing.schema.get_field_index("fingerprint")
-        return listing.set_column(position, "fingerprint", pa.array(prints, pa.string()))
+        return listing.set_column(position, "fingerprint", prints)
 
     async def columns(self, tables: Sequence[TableKey]) -> ColumnsResult:
         index_of = self._catalog.index_of

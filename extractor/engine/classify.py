@@ -27,10 +27,12 @@ creation time from above, so a DDL time before the marker still proves BACKFILL.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from metatide.extractor.core.records import TABLE_KEY_COLUMNS, TABLE_SCHEMA
 from metatide.extractor.core.scope import Scope
@@ -74,6 +76,20 @@ ORDER BY ALL
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """What plan learns from comparing the listing with the previous state."""
+
+    tables: pa.Table
+    """The listing with `state`, `reason` and `previous_bucket` (the bucket the state keeps
+    the table in, if any), in key order."""
+    deleted: pa.Table
+    """Keys in the previous state but not in the listing, with their reason and bucket
+    (DELETED_TABLE_SCHEMA), in key order."""
+    renamed: int
+    """Deleted tables whose object id reappears under a new name (see `_RENAMED`)."""
+
+
 def _with_bucket(previous: pa.Table) -> pa.Table:
     """Previous rows in TABLE_SCHEMA plus their bucket (null where unknown)."""
     rows = previous.select(TABLE_SCHEMA.names).cast(TABLE_SCHEMA)
@@ -85,52 +101,37 @@ def _with_bucket(previous: pa.Table) -> pa.Table:
     return rows.append_column(pa.field("bucket", pa.int32()), buckets.cast(pa.int32()))
 
 
-def classify_tables(
+def classify(
     connection: duckdb.DuckDBPyConnection,
     current: pa.Table,
     previous: pa.Table,
     marker: datetime,
-) -> pa.Table:
-    """The current listing with `state`, `reason` and `previous_bucket` (the bucket the state
-    keeps the table in, if any) columns, in the listing's key order."""
+    scope: Scope,
+) -> Classification:
+    """Classify the listing, find the deleted and the renamed tables: one registration of
+    both sides serves the three queries."""
     connection.register("current_tables", current.cast(TABLE_SCHEMA))
     connection.register("previous_tables", _with_bucket(previous))
     try:
-        result = connection.sql(
+        tables = connection.sql(
             _CLASSIFY + " ORDER BY database_name, schema_name, table_name",
             params={"marker": marker},
         ).to_arrow_table()
+        gone = connection.sql(_DELETED).to_arrow_table()
+        ((renamed,),) = connection.execute(_RENAMED).fetchall()
     finally:
         connection.unregister("current_tables")
         connection.unregister("previous_tables")
-    return result
+    return Classification(tables, _deleted_with_reason(gone, scope), int(renamed))
 
 
-def deleted_tables(
-    connection: duckdb.DuckDBPyConnection, current: pa.Table, previous: pa.Table, scope: Scope
-) -> pa.Table:
-    """Keys in the previous state but not in the listing, each with its reason (and the bucket
-    the state keeps it in, if known)."""
-    connection.register("current_tables", current.select(list(TABLE_KEY_COLUMNS)))
-    connection.register(
-        "previous_tables", _with_bucket(previous).select([*TABLE_KEY_COLUMNS, "bucket"])
-    )
-    try:
-        gone = connection.execute(_DELETED).fetchall()
-    finally:
-        connection.unregister("current_tables")
-        connection.unregister("previous_tables")
-    rows = [
-        {
-            "database_name": database,
-            "schema_name": schema,
-            "table_name": table,
-            "reason": "dropped" if scope.table(database, schema, table) else "out_of_scope",
-            "bucket": bucket,
-        }
-        for database, schema, table, bucket in gone
-    ]
-    return pa.Table.from_pylist(rows, schema=DELETED_TABLE_SCHEMA)
+def _deleted_with_reason(gone: pa.Table, scope: Scope) -> pa.Table:
+    """'dropped' for a deleted key the scope still covers, else 'out_of_scope'."""
+    rows = pa.array(range(gone.num_rows), pa.int64())
+    in_scope = scope.filter_tables(gone.append_column("row", rows)).column("row")
+    reason = pc.if_else(pc.is_in(rows, value_set=in_scope), "dropped", "out_of_scope")
+    rows = gone.select(list(TABLE_KEY_COLUMNS)).append_column("reason", reason)
+    return rows.append_column("bucket", gone.column("bucket")).cast(DELETED_TABLE_SCHEMA)
 
 
 _RENAMED = """
@@ -144,26 +145,3 @@ SEMI JOIN (
     ANTI JOIN previous_tables AS p USING (database_name, schema_name, table_name)
 ) AS came USING (object_id, table_type)
 """
-
-
-def renamed_tables(
-    connection: duckdb.DuckDBPyConnection, current: pa.Table, previous: pa.Table
-) -> int:
-    """Tables gone under their old name whose object id reappears under a new one.
-
-    The mass-delete guard does not count them as deletions: renaming the only table of a
-    schema is not a mass delete. (The change records still check the columns before they
-    call it a rename; this count is only the guard's.)
-    """
-    connection.register(
-        "current_tables", current.select([*TABLE_KEY_COLUMNS, "table_type", "object_id"])
-    )
-    connection.register(
-        "previous_tables", previous.select([*TABLE_KEY_COLUMNS, "table_type", "object_id"])
-    )
-    try:
-        ((found,),) = connection.execute(_RENAMED).fetchall()
-    finally:
-        connection.unregister("current_tables")
-        connection.unregister("previous_tables")
-    return int(found)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -27,7 +26,7 @@ from metatide.extractor.core.records import TABLE_KEY_COLUMNS, TABLE_SCHEMA
 from metatide.extractor.core.scope import Scope
 from metatide.extractor.core.spec import ExtractionSpec
 from metatide.extractor.engine import duck
-from metatide.extractor.engine.classify import classify_tables, deleted_tables, renamed_tables
+from metatide.extractor.engine.classify import classify
 from metatide.extractor.engine.guard import check_mass_delete
 from metatide.extractor.sources import Source
 from metatide.extractor.state.baseline import Baseline, read_baseline
@@ -258,8 +257,8 @@ async def _classify_and_write(
     full = manifest is None or spec.force_full_extraction
     connection = duck.connect(spec.duckdb)
     try:
-        classified, deleted, renamed = await asyncio.to_thread(
-            _classify,
+        found = await asyncio.to_thread(
+            classify,
             connection,
             listing.tables,
             previous,
@@ -268,8 +267,12 @@ async def _classify_and_write(
         )
     finally:
         connection.close()
+    classified, deleted = found.tables, found.deleted
     check_mass_delete(
-        previous.num_rows, classified.num_rows, deleted.num_rows - renamed, spec.mass_delete_guard
+        previous.num_rows,
+        classified.num_rows,
+        deleted.num_rows - found.renamed,
+        spec.mass_delete_guard,
     )
     bucket_count = choose_bucket_count(
         classified.num_rows,
@@ -314,20 +317,8 @@ async def _classify_and_write(
         verified_all=loaded.verified_all,
         baseline_problems=[*baseline.problems, *map(str, loaded.skipped)],
         lease_seconds=spec.state.lease_seconds,
-        tables_renamed=renamed,
+        tables_renamed=found.renamed,
     )
-
-
-def _classify(
-    connection: duckdb.DuckDBPyConnection,
-    tables: pa.Table,
-    previous: pa.Table,
-    marker: datetime,
-    scope: Scope,
-) -> tuple[pa.Table, pa.Table, int]:
-    classified = classify_tables(connection, tables, previous, marker)
-    deleted = deleted_tables(connection, tables, previous, scope)
-    return classified, deleted, renamed_tables(connection, tables, previous)
 
 
 def _with_buckets(
@@ -339,7 +330,7 @@ def _with_buckets(
     new tables are hashed.
     """
     changed = pc.not_equal(classified.column("state"), "NO CHANGE")
-    needs = pa.array([True] * classified.num_rows, type=pa.bool_()) if full else changed
+    needs = pa.repeat(True, classified.num_rows) if full else changed
     known = classified.column("previous_bucket") if same_buckets else None
     buckets = assign_buckets(classified, bucket_count, known)
     return (

@@ -14,7 +14,7 @@ import pytest
 from metatide.extractor.core.records import rows_to_table
 from metatide.extractor.core.scope import Scope
 from metatide.extractor.core.spec import DuckDBSpec, ScopeSpec
-from metatide.extractor.engine.classify import classify_tables, deleted_tables
+from metatide.extractor.engine.classify import classify
 from metatide.extractor.engine.duck import connect
 from metatide.extractor.state.runfiles import DELETED_TABLE_SCHEMA
 
@@ -29,6 +29,13 @@ def connection(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     connection = connect(spec)
     yield connection
     connection.close()
+
+
+def classify_tables(
+    connection: duckdb.DuckDBPyConnection, current: pa.Table, previous: pa.Table, marker: datetime
+) -> pa.Table:
+    """The classified listing, with the default scope (which only the deletions consult)."""
+    return classify(connection, current, previous, marker, Scope(ScopeSpec())).tables
 
 
 def row(name: str, schema: str = "public", **fields: Any) -> dict[str, Any]:
@@ -220,12 +227,13 @@ def deleted(
     previous: list[dict[str, Any]],
     scope: dict[str, Any] | None = None,
 ) -> pa.Table:
-    return deleted_tables(
+    return classify(
         connection,
         rows_to_table("table", current),
         rows_to_table("table", previous),
+        MARKER,
         Scope(ScopeSpec.model_validate(scope or {})),
-    )
+    ).deleted
 
 
 def test_deleted_tables_are_dropped_or_out_of_scope(connection: duckdb.DuckDBPyConnection) -> None:
@@ -305,3 +313,27 @@ def test_last_ddl_time_bounds_an_unknown_creation_time(
         "old": ("BACKFILL", "new_before_marker"),
         "recent": ("CREATED", "new_after_marker"),
     }
+
+
+def test_a_table_gone_under_one_name_and_listed_under_another_counts_as_renamed(
+    connection: duckdb.DuckDBPyConnection,
+) -> None:
+    previous = [
+        row("old", object_id="7"),
+        row("dropped", object_id="8"),
+        row("kept", object_id="9"),
+    ]
+    current = [
+        row("new", object_id="7"),
+        row("kept", object_id="9"),
+        row("view", object_id="8", table_type="VIEW"),
+    ]
+    found = classify(
+        connection,
+        rows_to_table("table", current),
+        rows_to_table("table", previous),
+        MARKER,
+        Scope(ScopeSpec()),
+    )
+    assert found.deleted.column("table_name").to_pylist() == ["dropped", "old"]
+    assert found.renamed == 1, "object 8 came back as a view: a new object, not a rename"
