@@ -31,6 +31,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from metatide.extractor.core.documents import ExtractionStatus, JobProblem
+from metatide.extractor.core.wire import first_problem
 from metatide.operator import metrics
 from metatide.operator.diagnose import event_problem, pod_problem, termination_message
 from metatide.operator.jobs import JobDefaults
@@ -276,8 +277,7 @@ class Controller:
         try:
             spec = IncrementalExtractionSpec.model_validate(body.get("spec") or {})
         except ValidationError as exc:
-            first = exc.errors()[0]
-            message = f"the spec is invalid: {first['msg']} at {'.'.join(map(str, first['loc']))}"
+            message = f"the spec is invalid: {first_problem(exc)}"
             written = self._write(body, invalid_spec(status, generation, now, message), outcome)
             RECONCILES.labels(written).inc()
             refused = written == "refused"

@@ -39,6 +39,7 @@ from metatide.extractor.core.documents import (
     Trigger,
 )
 from metatide.extractor.core.ids import new_run_id
+from metatide.extractor.core.wire import first_problem
 from metatide.operator.jobs import JobDefaults, phase_job, spec_config_map
 from metatide.operator.model import (
     RUN_REQUESTED_ANNOTATION,
@@ -273,9 +274,7 @@ def _document(text: str | None, model: type[_Doc]) -> tuple[_Doc | None, str]:
         try:
             return model.model_validate(value), ""
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(map(str, first["loc"]))
-            problem = f"not a {model.__name__}: {first['msg']} at {where}"
+            problem = f"not a {model.__name__}: {first_problem(exc)}"
     return None, problem
 
 

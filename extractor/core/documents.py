@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PlainSerializer
-from pydantic.alias_generators import to_camel
 
 from metatide.extractor.core.ids import Entity
+from metatide.extractor.core.wire import camel_case_config
 
 TERMINATION_MESSAGE_LIMIT: Final = 4000
 """Kubernetes keeps at most 4096 bytes of a container's termination message."""
@@ -215,13 +215,7 @@ ResourcePhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 class _Status(BaseModel):
     """A part of the status: camelCase on the wire, unknown fields ignored, frozen."""
 
-    model_config = ConfigDict(
-        extra="ignore",
-        alias_generator=to_camel,
-        populate_by_name=True,
-        frozen=True,
-        use_attribute_docstrings=True,
-    )
+    model_config = camel_case_config(extra="ignore")
 
 
 class Condition(_Status):

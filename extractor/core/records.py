@@ -15,26 +15,37 @@ import pyarrow as pa
 
 from metatide.extractor.core.ids import Entity, TableKey
 
+KEY_COLUMNS: Mapping[Entity, tuple[str, ...]] = {
+    "database": ("database_name",),
+    "schema": ("database_name", "schema_name"),
+    "table": ("database_name", "schema_name", "table_name"),
+    "column": ("database_name", "schema_name", "table_name", "column_name"),
+}
+"""What identifies a row of each entity: its name within its parents' names."""
+
+
+def _key_fields(entity: Entity) -> list[pa.Field]:
+    """The fields of an entity's key, which lead its schema; a name is never null."""
+    return [pa.field(name, pa.string(), nullable=False) for name in KEY_COLUMNS[entity]]
+
+
 DATABASE_SCHEMA = pa.schema(
     [
-        pa.field("database_name", pa.string(), nullable=False),
+        *_key_fields("database"),
         pa.field("comment", pa.string()),
     ]
 )
 
 SCHEMA_SCHEMA = pa.schema(
     [
-        pa.field("database_name", pa.string(), nullable=False),
-        pa.field("schema_name", pa.string(), nullable=False),
+        *_key_fields("schema"),
         pa.field("comment", pa.string()),
     ]
 )
 
 TABLE_SCHEMA = pa.schema(
     [
-        pa.field("database_name", pa.string(), nullable=False),
-        pa.field("schema_name", pa.string(), nullable=False),
-        pa.field("table_name", pa.string(), nullable=False),
+        *_key_fields("table"),
         pa.field("table_type", pa.string(), nullable=False),
         pa.field("comment", pa.string()),
         pa.field("view_definition", pa.string()),
@@ -56,10 +67,7 @@ rewritten by the next run (see `build`)."""
 
 COLUMN_SCHEMA = pa.schema(
     [
-        pa.field("database_name", pa.string(), nullable=False),
-        pa.field("schema_name", pa.string(), nullable=False),
-        pa.field("table_name", pa.string(), nullable=False),
-        pa.field("column_name", pa.string(), nullable=False),
+        *_key_fields("column"),
         pa.field("ordinal_position", pa.int32(), nullable=False),
         pa.field("data_type", pa.string(), nullable=False),
         pa.field("is_nullable", pa.bool_(), nullable=False),
@@ -74,13 +82,6 @@ SCHEMAS: Mapping[Entity, pa.Schema] = {
     "schema": SCHEMA_SCHEMA,
     "table": TABLE_SCHEMA,
     "column": COLUMN_SCHEMA,
-}
-
-KEY_COLUMNS: Mapping[Entity, tuple[str, ...]] = {
-    "database": ("database_name",),
-    "schema": ("database_name", "schema_name"),
-    "table": ("database_name", "schema_name", "table_name"),
-    "column": ("database_name", "schema_name", "table_name", "column_name"),
 }
 
 TABLE_KEY_COLUMNS = KEY_COLUMNS["table"]

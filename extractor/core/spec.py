@@ -21,16 +21,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
 from metatide.extractor.core.errors import CredentialsError, SpecError
+from metatide.extractor.core.wire import camel_case_config
 
 SEED_PREFIX_TEMPLATE = "persistent-artifacts/apps/{application_name}/connection/{connection_id}"
 SEED_MARKER_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -65,13 +64,7 @@ def crd_rule(rule: str, message: str) -> JsonDict:
 class _Model(BaseModel):
     """Strict camelCase model: an unknown field is an error that names the field."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        alias_generator=to_camel,
-        populate_by_name=True,
-        frozen=True,
-        use_attribute_docstrings=True,
-    )
+    model_config = camel_case_config(extra="forbid")
 
 
 class SecretKeyRef(_Model):

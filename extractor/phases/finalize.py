@@ -20,7 +20,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import ValidationError
 
 from metatide.extractor.core.documents import (
     Baseline,
@@ -75,6 +74,7 @@ from metatide.extractor.state.runfiles import (
     history_manifest_key,
     plan_key,
     read_plan,
+    read_run_document,
     read_table,
     summary_key,
 )
@@ -434,20 +434,13 @@ async def _publish_marker_and_collect(
 async def _stored_summary(store: Store, run_id: RunId) -> RunSummary:
     """The summary this run wrote before its commit."""
     key = summary_key(run_id)
-    try:
-        data = (await store.get(key)).data
-    except KeyNotFoundError:
-        raise IncompleteRunError(
-            f"run {run_id} is committed but its summary ({key}) is missing in {store.location}"
-        ) from None
-    try:
-        return RunSummary.model_validate_json(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise StateCorruptError(
-            f"the summary {key} of run {run_id} in {store.location} is not a run summary: "
-            f"{first['msg']} at {'.'.join(map(str, first['loc']))}"
-        ) from None
+    return await read_run_document(
+        store,
+        key,
+        RunSummary,
+        what=f"the summary of run {run_id}",
+        missing=f"run {run_id} is committed but its summary ({key}) is missing in {store.location}",
+    )
 
 
 async def _history_manifest(store: Store, run_id: RunId) -> Manifest | None:

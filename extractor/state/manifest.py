@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from metatide.extractor.core.errors import NewerStateFormatError, StateCorruptError
 from metatide.extractor.core.ids import ENTITIES, Entity, RunId
 from metatide.extractor.core.records import RECORD_VERSION
+from metatide.extractor.core.wire import first_problem
 
 MANIFEST_KEY: Final = "current-state/_manifest.json"
 FORMAT_VERSION: Final = 4
@@ -199,8 +200,7 @@ def parse_manifest(data: bytes, location: str, *, check_hash: bool = True) -> Ma
         manifest = Manifest.model_validate(upgrade(copy.deepcopy(document), location))
     except ValidationError as exc:
         raise StateCorruptError(
-            f"the manifest in {location} does not match its format: {exc.errors()[0]['msg']} at "
-            f"{'.'.join(map(str, exc.errors()[0]['loc']))}; {advice}"
+            f"the manifest in {location} does not match its format: {first_problem(exc)}; {advice}"
         ) from exc
     stored_hash = document.get("content_hash")
     expected = _document_hash(document)

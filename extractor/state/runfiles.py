@@ -2,14 +2,16 @@
 
 Plan, columns and finalize never call each other: plan writes the scope and the batch lists
 here, each columns task writes one batch file, finalize reads them all. This module names
-those keys and defines the plan document, so the hand-over has one definition.
+those keys, defines the plan document and reads the files back (a missing one is an
+IncompleteRunError, a damaged document a StateCorruptError), so the hand-over has one
+definition.
 """
 
 from __future__ import annotations
 
 import io
 from datetime import datetime
-from typing import Final, Literal, get_args
+from typing import Final, Literal, TypeVar, get_args
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,8 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from metatide.extractor.core.errors import IncompleteRunError, StateCorruptError
 from metatide.extractor.core.ids import RunId
 from metatide.extractor.core.records import COLUMN_SCHEMA, TABLE_KEY_COLUMNS, TABLE_SCHEMA
+from metatide.extractor.core.wire import first_problem
 from metatide.extractor.state.files import encode_parquet
 from metatide.extractor.storage import KeyNotFoundError, Store
+
+DocumentT = TypeVar("DocumentT", bound=BaseModel)
 
 TableState = Literal["CREATED", "UPDATED", "NO CHANGE", "BACKFILL"]
 TABLE_STATES: Final[tuple[TableState, ...]] = ("CREATED", "UPDATED", "NO CHANGE", "BACKFILL")
@@ -138,27 +143,46 @@ async def write_table(store: Store, key: str, table: pa.Table) -> None:
     await store.put(key, encode_parquet(table))
 
 
+async def _run_file_bytes(store: Store, key: str, missing: str) -> bytes:
+    """A file one phase of a run handed over. Its absence means the phase that writes it did
+    not finish, so the IncompleteRunError carries `missing`, which says what to run."""
+    try:
+        return (await store.get(key)).data
+    except KeyNotFoundError:
+        raise IncompleteRunError(missing) from None
+
+
+async def read_run_document(
+    store: Store, key: str, model: type[DocumentT], *, what: str, missing: str
+) -> DocumentT:
+    """A JSON document of a run (`what`, e.g. "the plan of run X"), validated by `model`.
+
+    A damaged one is a StateCorruptError naming the document and its first bad field: a
+    retry reads the same bytes, so it cannot help.
+    """
+    data = await _run_file_bytes(store, key, missing)
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        raise StateCorruptError(
+            f"{what} ({key}) in {store.location} is unreadable: {first_problem(exc)}"
+        ) from None
+
+
 async def read_table(store: Store, key: str, schema: pa.Schema, what: str) -> pa.Table:
     """A Parquet hand-over file; a missing one means an earlier phase did not finish."""
-    try:
-        data = (await store.get(key)).data
-    except KeyNotFoundError:
-        raise IncompleteRunError(
-            f"{what} ({key}) is missing in {store.location}; run the phase that writes it first"
-        ) from None
+    missing = f"{what} ({key}) is missing in {store.location}; run the phase that writes it first"
+    data = await _run_file_bytes(store, key, missing)
     return pq.read_table(io.BytesIO(data), schema=schema)
 
 
 async def read_plan(store: Store, run_id: RunId) -> PlanDocument:
     """The plan of a run; a missing plan means `metatide plan` did not finish for it."""
-    key = plan_key(run_id, "plan.json")
-    try:
-        data = (await store.get(key)).data
-    except KeyNotFoundError:
-        raise IncompleteRunError(
-            f"run {run_id} has no plan in {store.location}; run `metatide plan --run-id {run_id}`"
-        ) from None
-    try:
-        return PlanDocument.model_validate_json(data)
-    except ValidationError as exc:
-        raise StateCorruptError(f"the plan of run {run_id} ({key}) is unreadable: {exc}") from exc
+    return await read_run_document(
+        store,
+        plan_key(run_id, "plan.json"),
+        PlanDocument,
+        what=f"the plan of run {run_id}",
+        missing=f"run {run_id} has no plan in {store.location}; "
+        f"run `metatide plan --run-id {run_id}`",
+    )
