@@ -35,7 +35,7 @@ from metatide.extractor.state import layered
 from metatide.extractor.storage import LocalStore
 
 STEPS: dict[ModuleType | type, list[str]] = {
-    plan: ["_list_catalog", "_load_previous", "_classify", "_with_buckets", "_write_batches"],
+    plan: ["_list_catalog", "_load_previous", "classify", "_with_buckets", "_write_batches"],
     layered: ["load_previous", "logical_rows"],
     build: ["_fetch_previous", "_write_files", "_write_small"],
     NewState: ["_register", "files", "compared", "diffs", "change_records"],

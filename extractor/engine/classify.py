@@ -90,28 +90,37 @@ class Classification:
     """Deleted tables whose object id reappears under a new name (see `_RENAMED`)."""
 
 
-def _with_bucket(previous: pa.Table) -> pa.Table:
-    """Previous rows in TABLE_SCHEMA plus their bucket (null where unknown)."""
+def previous_relation(
+    connection: duckdb.DuckDBPyConnection, previous: pa.Table
+) -> duckdb.DuckDBPyRelation:
+    """Previous rows held in Arrow as `classify` takes them: TABLE_SCHEMA plus their bucket
+    (null where unknown)."""
     rows = previous.select(TABLE_SCHEMA.names).cast(TABLE_SCHEMA)
     buckets = (
         previous.column("bucket")
         if "bucket" in previous.column_names
         else pa.nulls(previous.num_rows, pa.int32())
     )
-    return rows.append_column(pa.field("bucket", pa.int32()), buckets.cast(pa.int32()))
+    return connection.from_arrow(
+        rows.append_column(pa.field("bucket", pa.int32()), buckets.cast(pa.int32()))
+    )
 
 
 def classify(
     connection: duckdb.DuckDBPyConnection,
     current: pa.Table,
-    previous: pa.Table,
+    previous: duckdb.DuckDBPyRelation,
     marker: datetime,
     scope: Scope,
 ) -> Classification:
-    """Classify the listing, find the deleted and the renamed tables: one registration of
-    both sides serves the three queries."""
+    """Classify the listing, find the deleted and the renamed tables.
+
+    `previous` is a relation of `connection` with TABLE_SCHEMA's columns and `bucket` (plan
+    passes the state's rows where DuckDB decoded them, `previous_relation` makes one from
+    Arrow); one registration of both sides serves the three queries.
+    """
     connection.register("current_tables", current.cast(TABLE_SCHEMA))
-    connection.register("previous_tables", _with_bucket(previous))
+    previous.create_view("previous_tables", replace=True)
     try:
         tables = connection.sql(
             _CLASSIFY + " ORDER BY database_name, schema_name, table_name",
@@ -121,7 +130,7 @@ def classify(
         ((renamed,),) = connection.execute(_RENAMED).fetchall()
     finally:
         connection.unregister("current_tables")
-        connection.unregister("previous_tables")
+        connection.execute("DROP VIEW IF EXISTS previous_tables")
     return Classification(tables, _deleted_with_reason(gone, scope), int(renamed))
 
 

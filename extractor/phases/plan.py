@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,7 +27,7 @@ from metatide.extractor.core.records import TABLE_KEY_COLUMNS, TABLE_SCHEMA
 from metatide.extractor.core.scope import Scope
 from metatide.extractor.core.spec import ExtractionSpec
 from metatide.extractor.engine import duck
-from metatide.extractor.engine.classify import classify
+from metatide.extractor.engine.classify import classify, previous_relation
 from metatide.extractor.engine.guard import check_mass_delete
 from metatide.extractor.sources import Source
 from metatide.extractor.state.baseline import Baseline, read_baseline
@@ -40,7 +41,7 @@ from metatide.extractor.state.files import (
     fetch_verified,
     verify_files,
 )
-from metatide.extractor.state.layered import load_previous, logical_rows
+from metatide.extractor.state.layered import load_previous, logical_tables_in_duckdb
 from metatide.extractor.state.lease import acquire_lease, kept_lease, release_lease
 from metatide.extractor.state.manifest import Manifest
 from metatide.extractor.state.marker import default_marker, effective_marker, truncate_to_seconds
@@ -134,10 +135,16 @@ async def _plan(
                 listing = await _list_catalog(spec, source, progress)
         except BaseException:
             previous.cancel()
+            if previous.done() and not previous.cancelled() and previous.exception() is None:
+                previous.result().connection.close()
             raise
-        document = await _classify_and_write(
-            spec, store, run_id, baseline, await previous, listing, next_marker, started_at
-        )
+        loaded = await previous
+        try:
+            document = await _classify_and_write(
+                spec, store, run_id, baseline, loaded, listing, next_marker, started_at
+            )
+        finally:
+            loaded.connection.close()
     return document.model_copy(
         update={"duration_seconds": time.monotonic() - started, "bytes_read": meter.bytes_read}
     )
@@ -176,9 +183,14 @@ async def _list_catalog(spec: ExtractionSpec, source: Source, progress: Progress
 
 @dataclass(frozen=True, slots=True)
 class Previous:
-    """The previous state's tables as plan needs them, and what reading the state found."""
+    """The previous state's tables as plan needs them, and what reading the state found.
 
-    tables: pa.Table
+    The rows stay in the DuckDB connection that decoded them (plan closes it).
+    """
+
+    connection: duckdb.DuckDBPyConnection
+    tables: duckdb.DuckDBPyRelation
+    count: int
     skipped: list[BadFile]
     """Damaged files a full extraction left out of its baseline."""
     verified_all: bool
@@ -195,7 +207,9 @@ async def _load_previous(
     """
     manifest = baseline.manifest
     if manifest is None:
-        return Previous(TABLE_SCHEMA.empty_table(), [], verified_all=False)
+        connection = duck.connect(spec.duckdb)
+        empty = previous_relation(connection, TABLE_SCHEMA.empty_table())
+        return Previous(connection, empty, 0, [], verified_all=False)
     refs = manifest.files["table"]
     if spec.force_full_extraction:
         fetched = await fetch_files(store, refs, workdir)
@@ -213,24 +227,27 @@ async def _load_previous(
             raise corrupt_state_error(store.location, bad)
         verified_all = True
 
-    def resolve() -> pa.Table:
+    def resolve() -> Previous:
         connection = duck.connect(spec.duckdb)
         try:
             load_previous(connection, fetched.files)
-            return logical_rows(connection, "table", with_bucket=True)
-        finally:
+            tables = logical_tables_in_duckdb(connection)
+            count = len(tables)
+        except BaseException:
             connection.close()
+            raise
+        return Previous(connection, tables, count, fetched.bad, verified_all)
 
-    tables = await asyncio.to_thread(resolve)
+    loaded = await asyncio.to_thread(resolve)
     log.info(
         "previous_state_loaded",
         run=manifest.run_id,
-        tables=tables.num_rows,
+        tables=loaded.count,
         table_files=len(refs),
         skipped_files=len(fetched.bad),
         verified_all=verified_all,
     )
-    return Previous(tables, fetched.bad, verified_all)
+    return loaded
 
 
 def _verification_due(spec: ExtractionSpec, manifest: Manifest) -> bool:
@@ -250,26 +267,21 @@ async def _classify_and_write(
     started_at: datetime,
 ) -> PlanDocument:
     manifest = baseline.manifest
-    previous = loaded.tables
     marker = (
         manifest.marker if manifest else default_marker(spec.marker.default, spec.marker.format)
     )
     full = manifest is None or spec.force_full_extraction
-    connection = duck.connect(spec.duckdb)
-    try:
-        found = await asyncio.to_thread(
-            classify,
-            connection,
-            listing.tables,
-            previous,
-            effective_marker(marker, spec.marker.prepone_hours),
-            Scope(spec.source.scope),
-        )
-    finally:
-        connection.close()
+    found = await asyncio.to_thread(
+        classify,
+        loaded.connection,
+        listing.tables,
+        loaded.tables,
+        effective_marker(marker, spec.marker.prepone_hours),
+        Scope(spec.source.scope),
+    )
     classified, deleted = found.tables, found.deleted
     check_mass_delete(
-        previous.num_rows,
+        loaded.count,
         classified.num_rows,
         deleted.num_rows - found.renamed,
         spec.mass_delete_guard,
@@ -313,7 +325,7 @@ async def _classify_and_write(
         started_at=started_at,
         duration_seconds=0.0,
         parent_manifest_sha256=baseline.committed_sha256,
-        previous_tables=previous.num_rows,
+        previous_tables=loaded.count,
         verified_all=loaded.verified_all,
         baseline_problems=[*baseline.problems, *map(str, loaded.skipped)],
         lease_seconds=spec.state.lease_seconds,

@@ -7,9 +7,10 @@ incremental run's writes proportional to what changed; a bucket whose delta grew
 compaction ratio is rewritten as a new base.
 
 `load_previous` registers the files and returns the names of the views it made
-(`PreviousViews`); this module is the only one that spells them. Plan and history read the
-logical rows (`logical_rows`); finalize's state build (`engine.newstate`) also reads the
-deltas, to carry their entries for tables this run did not change.
+(`PreviousViews`); this module is the only one that spells them. Plan keeps the logical table
+rows in DuckDB (`logical_tables_in_duckdb`), history reads them as Arrow (`logical_rows`);
+finalize's state build (`engine.newstate`) also reads the deltas, to carry their entries for
+tables this run did not change.
 """
 
 from __future__ import annotations
@@ -125,6 +126,20 @@ def logical_rows(
         schema = schema.append(pa.field("bucket", pa.int32()))
     rows = connection.sql(f"SELECT {', '.join(schema.names)} FROM {view}").to_arrow_table()
     return conform(rows, schema)
+
+
+def logical_tables_in_duckdb(connection: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyRelation:
+    """The previous state's table rows and buckets as a temporary table of the connection.
+
+    Decoded and resolved once, by DuckDB on every thread, and never converted to Arrow: plan
+    runs its three comparisons on it in the same connection.
+    """
+    schema = TABLE_SCHEMA.append(pa.field("bucket", pa.int32()))
+    connection.execute(
+        f"CREATE OR REPLACE TEMP TABLE previous_table_rows AS "
+        f"SELECT {', '.join(schema.names)} FROM {_OLD_TABLES}"
+    )
+    return connection.table("previous_table_rows")
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ from metatide.extractor.core.ids import TableKey
 from metatide.extractor.core.records import COLUMN_SCHEMA, TABLE_SCHEMA
 from metatide.extractor.core.scope import Scope
 from metatide.extractor.core.spec import DuckDBSpec, ExtractionSpec, ScopeSpec
-from metatide.extractor.engine.classify import classify
+from metatide.extractor.engine.classify import classify, previous_relation
 from metatide.extractor.engine.duck import connect
 from metatide.extractor.sources import ColumnsResult, open_source
 from metatide.extractor.state.marker import truncate_to_seconds
@@ -272,7 +272,8 @@ def test_every_extracted_change_makes_the_table_updated(
     kit.run(*(kit.changes(label, "c")[label] for label in changes))
     after = listing(spec_of(kit))
     everything = Scope(ScopeSpec())
-    classified = classify(duck, after, before, moment, everything).tables.to_pylist()
+    old = previous_relation(duck, before)
+    classified = classify(duck, after, old, moment, everything).tables.to_pylist()
     states = {row["table_name"]: (row["state"], row["reason"]) for row in classified}
     expected_reason = (
         "ddl_time_after_marker" if kit.capabilities.ddl_time else "fingerprint_changed"

@@ -14,7 +14,7 @@ import pytest
 from metatide.extractor.core.records import rows_to_table
 from metatide.extractor.core.scope import Scope
 from metatide.extractor.core.spec import DuckDBSpec, ScopeSpec
-from metatide.extractor.engine.classify import classify
+from metatide.extractor.engine.classify import classify, previous_relation
 from metatide.extractor.engine.duck import connect
 from metatide.extractor.state.runfiles import DELETED_TABLE_SCHEMA
 
@@ -35,7 +35,9 @@ def classify_tables(
     connection: duckdb.DuckDBPyConnection, current: pa.Table, previous: pa.Table, marker: datetime
 ) -> pa.Table:
     """The classified listing, with the default scope (which only the deletions consult)."""
-    return classify(connection, current, previous, marker, Scope(ScopeSpec())).tables
+    everything = Scope(ScopeSpec())
+    old = previous_relation(connection, previous)
+    return classify(connection, current, old, marker, everything).tables
 
 
 def row(name: str, schema: str = "public", **fields: Any) -> dict[str, Any]:
@@ -230,7 +232,7 @@ def deleted(
     return classify(
         connection,
         rows_to_table("table", current),
-        rows_to_table("table", previous),
+        previous_relation(connection, rows_to_table("table", previous)),
         MARKER,
         Scope(ScopeSpec.model_validate(scope or {})),
     ).deleted
@@ -331,7 +333,7 @@ def test_a_table_gone_under_one_name_and_listed_under_another_counts_as_renamed(
     found = classify(
         connection,
         rows_to_table("table", current),
-        rows_to_table("table", previous),
+        previous_relation(connection, rows_to_table("table", previous)),
         MARKER,
         Scope(ScopeSpec()),
     )
