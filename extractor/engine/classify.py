@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -54,26 +55,54 @@ CASE
 END
 """
 
-_CLASSIFY = f"""
-WITH reasoned AS (
-  SELECT c.*, {_REASON} AS reason, p.bucket AS previous_bucket
-  FROM current_tables AS c
-  LEFT JOIN previous_tables AS p USING (database_name, schema_name, table_name)
-)
-SELECT * EXCLUDE (reason),
+_COMPARE = f"""
+CREATE OR REPLACE TEMP TABLE compared_tables AS
+SELECT c.row_index, p.bucket AS previous_bucket,
+  CASE WHEN c.row_index IS NULL THEN NULL ELSE {_REASON} END AS reason,
+  p.database_name AS old_database, p.schema_name AS old_schema, p.table_name AS old_table,
+  coalesce(c.object_id, p.object_id) AS object_id,
+  coalesce(c.table_type, p.table_type) AS table_type
+FROM current_tables AS c
+FULL OUTER JOIN previous_tables AS p USING (database_name, schema_name, table_name)
+"""
+"""The one join of a plan: each listed table's reason, each previous table's row (keys,
+bucket), and object ids for the rename count. `row_index` is the table's row in the listing
+(NULL: only in the previous state)."""
+
+_CLASSIFIED = """
+SELECT previous_bucket,
   CASE reason WHEN 'new_after_marker' THEN 'CREATED'
               WHEN 'new_before_marker' THEN 'BACKFILL'
               WHEN 'unchanged' THEN 'NO CHANGE'
               ELSE 'UPDATED' END AS state,
   reason
-FROM reasoned
+FROM compared_tables WHERE row_index IS NOT NULL ORDER BY row_index
 """
 
 _DELETED = """
-SELECT database_name, schema_name, table_name, bucket FROM previous_tables
-ANTI JOIN current_tables USING (database_name, schema_name, table_name)
+SELECT old_database AS database_name, old_schema AS schema_name, old_table AS table_name,
+  previous_bucket AS bucket
+FROM compared_tables WHERE row_index IS NULL
 ORDER BY ALL
 """
+
+_RENAMED = """
+SELECT count(*) FROM (
+    SELECT object_id, table_type FROM compared_tables
+    WHERE row_index IS NULL AND object_id IS NOT NULL
+) AS gone
+SEMI JOIN (
+    SELECT object_id, table_type FROM compared_tables
+    WHERE reason IN ('new_after_marker', 'new_before_marker')
+) AS came USING (object_id, table_type)
+"""
+"""Tables gone under their old name whose object id (and type) reappears under a new one.
+
+The mass-delete guard does not count them as deletions: renaming the only table of a schema
+is not a mass delete. (The change records still check the columns before they call it a
+rename; this count is only the guard's.)"""
+
+_COMPARED_COLUMNS = ("table_type", "created_at", "ddl_time", "fingerprint", "object_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,25 +142,46 @@ def classify(
     marker: datetime,
     scope: Scope,
 ) -> Classification:
-    """Classify the listing, find the deleted and the renamed tables.
+    """Classify the listing, find the deleted and the renamed tables, with one join.
 
     `previous` is a relation of `connection` with TABLE_SCHEMA's columns and `bucket` (plan
     passes the state's rows where DuckDB decoded them, `previous_relation` makes one from
-    Arrow); one registration of both sides serves the three queries.
+    Arrow). Only the keys and the compared fields of the listing go through DuckDB; its other
+    fields (comments, view definitions) stay in Arrow.
     """
-    connection.register("current_tables", current.cast(TABLE_SCHEMA))
+    current = current.cast(TABLE_SCHEMA)
+    compared = current.select([*TABLE_KEY_COLUMNS, *_COMPARED_COLUMNS]).append_column(
+        "row_index", pa.array(np.arange(current.num_rows, dtype=np.int64))
+    )
+    connection.register("current_tables", compared)
     previous.create_view("previous_tables", replace=True)
     try:
-        tables = connection.sql(
-            _CLASSIFY + " ORDER BY database_name, schema_name, table_name",
-            params={"marker": marker},
-        ).to_arrow_table()
+        connection.execute(_COMPARE, {"marker": marker})
+        reasons = connection.sql(_CLASSIFIED).to_arrow_table()
         gone = connection.sql(_DELETED).to_arrow_table()
         ((renamed,),) = connection.execute(_RENAMED).fetchall()
     finally:
         connection.unregister("current_tables")
         connection.execute("DROP VIEW IF EXISTS previous_tables")
-    return Classification(tables, _deleted_with_reason(gone, scope), int(renamed))
+        connection.execute("DROP TABLE IF EXISTS compared_tables")
+    return Classification(
+        _in_key_order(_with_reasons(current, reasons)),
+        _deleted_with_reason(gone, scope),
+        int(renamed),
+    )
+
+
+def _with_reasons(current: pa.Table, reasons: pa.Table) -> pa.Table:
+    """The listing with `previous_bucket`, `state` and `reason` (rows already aligned)."""
+    for name in ("previous_bucket", "state", "reason"):
+        current = current.append_column(reasons.schema.field(name), reasons.column(name))
+    return current
+
+
+def _in_key_order(tables: pa.Table) -> pa.Table:
+    return tables.take(
+        pc.sort_indices(tables, sort_keys=[(key, "ascending") for key in TABLE_KEY_COLUMNS])
+    )
 
 
 def _deleted_with_reason(gone: pa.Table, scope: Scope) -> pa.Table:
@@ -141,16 +191,3 @@ def _deleted_with_reason(gone: pa.Table, scope: Scope) -> pa.Table:
     reason = pc.if_else(pc.is_in(rows, value_set=in_scope), "dropped", "out_of_scope")
     rows = gone.select(list(TABLE_KEY_COLUMNS)).append_column("reason", reason)
     return rows.append_column("bucket", gone.column("bucket")).cast(DELETED_TABLE_SCHEMA)
-
-
-_RENAMED = """
-SELECT count(*) FROM (
-    SELECT p.object_id, p.table_type FROM previous_tables AS p
-    ANTI JOIN current_tables AS c USING (database_name, schema_name, table_name)
-    WHERE p.object_id IS NOT NULL
-) AS gone
-SEMI JOIN (
-    SELECT c.object_id, c.table_type FROM current_tables AS c
-    ANTI JOIN previous_tables AS p USING (database_name, schema_name, table_name)
-) AS came USING (object_id, table_type)
-"""
