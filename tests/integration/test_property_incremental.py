@@ -699,6 +699,7 @@ def property_database() -> Any:
 
 @pytest.mark.integration
 @pytest.mark.property
+@pytest.mark.timeout(1800)  # ~8-12 min for 100 examples; 900 s ran out on a loaded 2-core machine
 def test_incremental_state_equals_full_extraction(
     property_database: tuple[str, str],
     monkeypatch: pytest.MonkeyPatch,
