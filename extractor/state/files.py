@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import io
 import math
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,29 +188,26 @@ async def fetch_verified(store: Store, refs: Sequence[FileRef], workdir: Path) -
 
 
 async def verify_files(store: Store, refs: Sequence[FileRef]) -> list[BadFile]:
-    """Check that every listed file holds exactly its recorded bytes, keeping no copy."""
+    """Check that every listed file holds exactly its recorded bytes, keeping no copy.
+
+    The same check as `fetch_files` (one hash per file); a downloaded copy is deleted as soon
+    as it is checked, so the disk never holds more than the files being read at once.
+    """
     semaphore = asyncio.Semaphore(_PARALLEL_READS)
+    with tempfile.TemporaryDirectory(prefix="metatide-verify-") as folder:
+        workdir = Path(folder)
 
-    async def one(ref: FileRef) -> BadFile | None:
-        async with semaphore:
-            data = await _read(store, ref.key)
-        return _problem(ref, data)
+        async def one(ref: FileRef) -> BadFile | None:
+            async with semaphore:
+                checked = await _fetch_one(store, ref, workdir)
+            if isinstance(checked, BadFile):
+                return checked
+            if checked.is_relative_to(workdir):
+                checked.unlink()
+            return None
 
-    return [bad for bad in await asyncio.gather(*(one(ref) for ref in refs)) if bad is not None]
-
-
-async def _read(store: Store, key: str) -> bytes | None:
-    """A state file's bytes, or None when absent."""
-    try:
-        return (await store.get(key)).data
-    except KeyNotFoundError:
-        return None
-
-
-def _problem(ref: FileRef, data: bytes | None) -> BadFile | None:
-    if data is None:
-        return BadFile(ref.key, "missing")
-    return _mismatch(ref, hashlib.sha256(data).hexdigest(), len(data))
+        results = await asyncio.gather(*(one(ref) for ref in refs))
+    return [bad for bad in results if bad is not None]
 
 
 def _mismatch(ref: FileRef, digest: str, size: int) -> BadFile | None:
