@@ -98,30 +98,21 @@ async def extract_batch(store: Store, source: Source, run_id: RunId, index: int)
 
 
 def batch_file(request: pa.Table, result: ColumnsResult) -> pa.Table:
-    """The batch file: accounting rows for present tables, then columns, in a fixed order."""
-    present = [key for key in table_to_keys(request) if key in result.present]
-    accounting = pa.table(
-        {
-            "database_name": [key[0] for key in present],
-            "schema_name": [key[1] for key in present],
-            "table_name": [key[2] for key in present],
-            "row_kind": ["table"] * len(present),
-        }
-    )
-    columns = result.columns.append_column(
-        "row_kind", pa.array(["column"] * result.columns.num_rows)
-    )
-    combined = pa.concat_tables([_conform(accounting), _conform(columns)])
-    return combined.sort_by(
-        [
-            ("database_name", "ascending"),
-            ("schema_name", "ascending"),
-            ("table_name", "ascending"),
-            ("row_kind", "descending"),
-            ("ordinal_position", "ascending"),
-            ("column_name", "ascending"),
-        ]
-    )
+    """The batch file: an accounting row per present table, in the request's order, then the
+    columns in the source's order.
+
+    Nothing reads the file in order (finalize selects rows by kind and key), so it is not
+    sorted: sorting 200,000 rows on six keys cost more than reading them from the server.
+    """
+    present = pa.array([key in result.present for key in table_to_keys(request)], pa.bool_())
+    accounting = request.filter(present)
+    accounting = accounting.append_column("row_kind", _repeat("table", accounting.num_rows))
+    columns = result.columns.append_column("row_kind", _repeat("column", result.columns.num_rows))
+    return pa.concat_tables([_conform(accounting), _conform(columns)])
+
+
+def _repeat(text: str, count: int) -> pa.Array:
+    return pa.repeat(pa.scalar(text, pa.string()), count)
 
 
 def _conform(table: pa.Table) -> pa.Table:
