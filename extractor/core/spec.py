@@ -144,6 +144,15 @@ class PostgresSourceSpec(_Model):
     connect_timeout_seconds: float = Field(
         default=10.0, gt=0, description="Timeout of one connection attempt, in seconds."
     )
+    read_connections: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Connections that one database's table listing, and one column batch, "
+        "are read over at once: the server runs the catalog queries on that many cores. "
+        "The extra connections are opened for that read and closed after it (a column batch "
+        "shares one snapshot over them). 1 reads over a single connection.",
+    )
     scope: ScopeSpec = Field(default_factory=ScopeSpec, description="Include/exclude filters.")
 
     def secret_refs(self) -> list[SecretRef]:

@@ -33,7 +33,10 @@ Choices worth knowing:
 - One connection per database, opened lazily; at most `_IDLE_CONNECTIONS` stay open, the
   least recently used one is closed beyond that. A call reads its databases one after the
   other; concurrent calls on the same database take turns on its connection (asyncpg runs
-  one query per connection at a time).
+  one query per connection at a time). A large listing or column batch is spread over up to
+  `source.readConnections` connections, the extra ones open only while it is read: the
+  server then runs the catalog queries on several cores. A column batch's readers share
+  one exported snapshot, so they see one catalog.
 - A database that disappears after it was listed is skipped by `schemas()` and `tables()`,
   and its tables are reported absent by `columns()`; the DSN's own database or one named in
   `spec.databases` that does not exist is an `UnknownDatabaseError` (terminal).
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -88,10 +92,15 @@ _CONNECT_ATTEMPTS: Final = 3
 # the server's lock table, shared by all sessions, holds max_locks_per_transaction x
 # max_connections entries (about 6,400 by default): tables() reads this many per transaction.
 _RELATIONS_PER_READ: Final = 500
+# A column batch is split over several readers only in shares of at least this many
+# relations: below it, opening a connection costs more than the share saves.
+_RELATIONS_PER_COLUMN_READER: Final = 1_000
+_SNAPSHOT_ID: Final = re.compile(r"[0-9A-F]+(-[0-9A-F]+)+")
 _CLOSE_TIMEOUT_S: Final = 5.0
 _APPLICATION_NAME: Final = "metatide"
 
 _T = TypeVar("_T")
+_P = TypeVar("_P")
 
 _COLUMN_FIELD_TYPES = list(COLUMN_SCHEMA)[3:]
 
@@ -259,15 +268,23 @@ class PostgresSource(ClosingSource):
     # -- queries -------------------------------------------------------------------------
 
     async def _tables_of(self, database: str, schemas: list[str]) -> pa.Table:
-        """Table rows of the database's schemas, read `_RELATIONS_PER_READ` at a time."""
-        rows: list[Any] = []
+        """Table rows of the database's schemas, read `_RELATIONS_PER_READ` at a time.
+
+        Each part is a transaction of its own anyway, so the parts are spread over the
+        readers: the server's cost (the fingerprints, pg_get_viewdef) runs on several cores.
+        """
         async with self._session(database) as conn:
             found = await self._fetch(conn, sql.RELATIONS, schemas)
             oids = [row[0] for row in found]
-            for start in range(0, len(oids), _RELATIONS_PER_READ):
-                chunk = oids[start : start + _RELATIONS_PER_READ]
-                rows += await self._fetch(conn, sql.TABLES, chunk)
-        return _table_rows(database, rows)
+            parts = [
+                oids[start : start + _RELATIONS_PER_READ]
+                for start in range(0, len(oids), _RELATIONS_PER_READ)
+            ]
+            async with self._readers(database, conn, len(parts)) as readers:
+                rows = await _spread(
+                    readers, parts, lambda reader, part: self._fetch(reader, sql.TABLES, part)
+                )
+        return _table_rows(database, [row for part in rows for row in part])
 
     async def _columns_of(
         self, database: str, wanted: list[tuple[str, str]]
@@ -285,18 +302,22 @@ class PostgresSource(ClosingSource):
                 schemas=pa.array([schema for schema, _ in present], type=pa.string()),
                 tables=pa.array([table for _, table in present], type=pa.string()),
             )
-            # COPY ... CSV and Arrow's CSV reader: the rows never become Python objects
-            # (a third faster than a cursor for 200,000 columns; the server's query is the
-            # rest). A batch is at most columns.batchSize tables, so the text fits in memory.
-            # The chunks go to a coroutine: given a file, asyncpg hands every chunk (about
-            # a thousand for 200,000 columns) to a thread of its own.
-            chunks: list[bytes] = []
+            wanted_readers = -(-len(oids) // _RELATIONS_PER_COLUMN_READER)
+            async with self._readers(database, conn, wanted_readers) as readers:
+                snapshot = await _export_snapshot(conn) if len(readers) > 1 else None
+                share = max(1, -(-len(oids) // len(readers)))
+                parts = [oids[start : start + share] for start in range(0, len(oids), share)]
 
-            async def keep(chunk: bytes) -> None:
-                chunks.append(chunk)
+                async def copy(reader: Any, part: list[int]) -> bytes:
+                    if reader is conn:
+                        return await _copy_columns(reader, part)
+                    async with reader.transaction(isolation="repeatable_read", readonly=True):
+                        await reader.execute(sql.IMPORT_SNAPSHOT.format(snapshot))
+                        await reader.execute(sql.PIN_SETTINGS)
+                        return await _copy_columns(reader, part)
 
-            await conn.copy_from_query(sql.COLUMNS, oids, output=keep, format="csv")
-            return present, names.column_batch(_read_csv(b"".join(chunks)))
+                texts = await _spread(readers, parts, copy)
+            return present, names.column_batch(_read_csv(b"".join(texts)))
 
         async with self._session(database) as conn:
             return await self._read(conn, read)
@@ -313,6 +334,18 @@ class PostgresSource(ClosingSource):
             return await work(conn)
 
     # -- connections ---------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _readers(self, database: str, conn: Any, parts: int) -> AsyncIterator[list[Any]]:
+        """`conn` and the extra connections that a read of `parts` parts spreads over
+        (`source.readConnections` in all at most), opened for this read and closed after it."""
+        readers = [conn]
+        try:
+            for _ in range(min(parts, self._spec.read_connections) - 1):
+                readers.append(await self._connect(database))
+            yield readers
+        finally:
+            await asyncio.gather(*(_close(reader) for reader in readers[1:]))
 
     async def _home_database(self) -> str:
         """The name of the DSN's database, connecting once to learn it."""
@@ -515,6 +548,64 @@ def _read_csv(data: bytes) -> pa.Table:
             false_values=["f"],
         ),
     )
+
+
+async def _spread(
+    readers: Sequence[Any], parts: Sequence[_P], work: Callable[[Any, _P], Awaitable[_T]]
+) -> list[_T]:
+    """`work(reader, part)` for every part, in the parts' order; each reader takes the next
+    part as soon as it is free.
+
+    After a failure no reader takes another part, but the parts being read finish: no query
+    is cut off, so every connection stays in a known state. The first failure is raised.
+    """
+    results: dict[int, _T] = {}
+    failures: list[Exception] = []
+    pending = iter(range(len(parts)))
+
+    async def drain(reader: Any) -> None:
+        for index in pending:  # one iterator shared by all readers: each part is read once
+            if failures:
+                return
+            try:
+                results[index] = await work(reader, parts[index])
+            except Exception as exc:  # noqa: BLE001 (raised below, once every reader stopped)
+                failures.append(exc)
+                return
+
+    await asyncio.gather(*(drain(reader) for reader in readers))
+    if failures:
+        raise failures[0]
+    return [results[index] for index in range(len(parts))]
+
+
+async def _export_snapshot(conn: Any) -> str:
+    """The id of `conn`'s snapshot, for other connections to read the same catalog.
+
+    SET TRANSACTION SNAPSHOT takes no bind parameter, so the id (made by the server) is
+    written into the statement, and only after checking that it is hex digits and dashes.
+    """
+    snapshot: str = await conn.fetchval(sql.EXPORT_SNAPSHOT)
+    if not _SNAPSHOT_ID.fullmatch(snapshot):
+        raise MetatideError(f"PostgreSQL exported a snapshot id of an unknown form: {snapshot!r}")
+    return snapshot
+
+
+async def _copy_columns(conn: Any, oids: list[int]) -> bytes:
+    """`sql.COLUMNS` of the oids as CSV, read in `conn`'s transaction.
+
+    COPY and Arrow's CSV reader: the rows never become Python objects (a third faster than a
+    cursor for 200,000 columns). A batch is at most columns.batchSize tables, so the text
+    fits in memory. The chunks go to a coroutine: given a file, asyncpg hands every chunk
+    (about a thousand for 200,000 columns) to a thread of its own.
+    """
+    chunks: list[bytes] = []
+
+    async def keep(chunk: bytes) -> None:
+        chunks.append(chunk)
+
+    await conn.copy_from_query(sql.COLUMNS, oids, output=keep, format="csv")
+    return b"".join(chunks)
 
 
 def _original(exc: BaseException) -> BaseException:

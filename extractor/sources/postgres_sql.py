@@ -37,6 +37,11 @@ SELECT pg_catalog.set_config('search_path', '', true),
 
 CLOCK = "SELECT pg_catalog.statement_timestamp()"
 
+# Other connections read in the same snapshot as the one that exports it (a column batch
+# spread over several). The id cannot be bound as a parameter: postgres.py checks its form.
+EXPORT_SNAPSHOT = "SELECT pg_catalog.pg_export_snapshot()"
+IMPORT_SNAPSHOT = "SET TRANSACTION SNAPSHOT '{}'"
+
 CURRENT_DATABASE = "SELECT pg_catalog.current_database()"
 
 DATABASES = """

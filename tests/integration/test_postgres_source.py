@@ -588,20 +588,89 @@ def test_thousands_of_tables_go_through_bound_arrays(
     assert elapsed < 30, f"listing {count} tables took {elapsed:.1f}s"
 
 
+@pytest.mark.parametrize("read_connections", [1, 3])
 def test_listing_in_small_transactions_gives_the_same_rows(
-    db: Db, monkeypatch: pytest.MonkeyPatch
+    db: Db, monkeypatch: pytest.MonkeyPatch, read_connections: int
 ) -> None:
     db.execute(
         "CREATE SCHEMA a; CREATE SCHEMA b;"
         + "".join(f"CREATE TABLE a.t{i} (x int, y text DEFAULT 'v{i}');" for i in range(8))
         + "".join(f"CREATE VIEW b.v{i} AS SELECT * FROM a.t{i};" for i in range(8))
     )
-    whole = snap(monkeypatch, db)
+    whole = snap(monkeypatch, db, read_connections=1)
     monkeypatch.setattr(postgres, "_RELATIONS_PER_READ", 3)
-    chunked = snap(monkeypatch, db)
+    monkeypatch.setattr(postgres, "_RELATIONS_PER_COLUMN_READER", 4)
+    connect = PostgresSource._connect
+    opened: list[str | None] = []
+
+    async def counted(self: PostgresSource, database: str | None) -> Any:
+        opened.append(database)
+        return await connect(self, database)
+
+    monkeypatch.setattr(PostgresSource, "_connect", counted)
+    chunked = snap(monkeypatch, db, read_connections=read_connections)
     assert chunked.tables.num_rows == 16
     assert chunked.tables.equals(whole.tables)
     assert chunked.columns.equals(whole.columns)
+    # The DSN's (the listed) database once; then each spread read opens its extra readers:
+    # the listing's, then the column batch's.
+    assert opened == [None] + [db.name] * 2 * (read_connections - 1)
+
+
+def test_a_column_batch_over_several_connections_reads_one_snapshot(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The extra readers import the first one's snapshot: a table dropped after the batch
+    found it is still read whole, by whichever reader its share went to."""
+    db.execute("CREATE TABLE a1 (x int); CREATE TABLE a2 (y int); CREATE TABLE zz (z int, w text)")
+    monkeypatch.setattr(postgres, "_RELATIONS_PER_COLUMN_READER", 1)
+    export = postgres._export_snapshot
+
+    async def export_then_drop(conn: Any) -> str:
+        snapshot = await export(conn)
+        admin = await asyncpg.connect(db.dsn)
+        try:
+            await admin.execute("DROP TABLE zz")  # before any extra reader starts
+        finally:
+            await admin.close()
+        return snapshot
+
+    monkeypatch.setattr(postgres, "_export_snapshot", export_then_drop)
+    keys = [(db.name, "public", name) for name in ("a1", "a2", "zz")]
+
+    async def go() -> Any:
+        async with source(monkeypatch, db.dsn, databases=[db.name], read_connections=3) as src:
+            return await src.columns(keys)
+
+    result = run(go())
+    assert result.present == frozenset(keys)
+    assert result.columns.column("column_name").to_pylist() == ["x", "y", "z", "w"]
+
+
+def test_a_failed_part_stops_the_spread_without_cutting_off_a_query() -> None:
+    """After a failure no reader takes another part; the part another reader is in the
+    middle of finishes (its connection stays usable), and the failure is raised."""
+    started: list[int] = []
+    finished: list[int] = []
+
+    async def work(reader: str, part: int) -> int:
+        started.append(part)
+        if part == 1:
+            raise SourceUnavailableError("part 1 failed")
+        await asyncio.sleep(0.05)
+        finished.append(part)
+        return part
+
+    with pytest.raises(SourceUnavailableError, match="part 1"):
+        run(postgres._spread(["first", "second"], list(range(6)), work))
+    assert started == [0, 1]
+    assert finished == [0]
+    assert run(postgres._spread(["a", "b", "c"], list(range(7)), work_ok)) == list(range(7))
+
+
+async def work_ok(reader: str, part: int) -> int:
+    await asyncio.sleep(0.01 * (part % 3))
+    return part
 
 
 def test_tables_under_ddl_are_read_without_waiting(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:

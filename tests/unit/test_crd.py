@@ -38,7 +38,13 @@ EXAMPLE_PATH = REPO / "examples" / "incrementalextraction.yaml"
 _SERVER_OWNED = {"metadata"}
 _FORBIDDEN_KEYWORDS = {"$ref", "$defs", "anyOf", "oneOf", "allOf", "not", "const", "title"}
 # Fields of one source kind: their defaults cannot live in the flattened schema.
-_POSTGRES_ONLY = {"dsnFrom", "passwordFrom", "databases", "connectTimeoutSeconds"}
+_POSTGRES_ONLY = {
+    "dsnFrom",
+    "passwordFrom",
+    "databases",
+    "connectTimeoutSeconds",
+    "readConnections",
+}
 _MYSQL_ONLY = {"tls"}
 
 
