@@ -313,7 +313,7 @@ class PostgresSource(ClosingSource):
                         return await _copy_columns(reader, part)
                     async with reader.transaction(isolation="repeatable_read", readonly=True):
                         await reader.execute(sql.IMPORT_SNAPSHOT.format(snapshot))
-                        await reader.execute(sql.PIN_SETTINGS)
+                        await _pin_settings(reader)
                         return await _copy_columns(reader, part)
 
                 texts = await _spread(readers, parts, copy)
@@ -330,7 +330,7 @@ class PostgresSource(ClosingSource):
     async def _read(self, conn: Any, work: Callable[[Any], Awaitable[_T]]) -> _T:
         """Run `work(conn)` in a read-only snapshot with the output settings pinned."""
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            await conn.execute(sql.PIN_SETTINGS)
+            await _pin_settings(conn)
             return await work(conn)
 
     # -- connections ---------------------------------------------------------------------
@@ -548,6 +548,12 @@ def _read_csv(data: bytes) -> pa.Table:
             false_values=["f"],
         ),
     )
+
+
+async def _pin_settings(conn: Any) -> None:
+    """Pin `sql.SESSION_SETTINGS` for the rest of `conn`'s transaction."""
+    settings = sql.SESSION_SETTINGS
+    await conn.execute(sql.PIN_SETTINGS, list(settings), list(settings.values()))
 
 
 async def _spread(

@@ -1,9 +1,10 @@
 """The SQL texts of the PostgreSQL source (`postgres.py` runs them).
 
 Kept apart from the adapter so that the queries, which decide both speed and every value
-returned, read as one piece. Names are only ever bound as parameters (`text[]` and `oid[]`
-arrays), never pasted in. Every catalog function is schema-qualified because `PIN_SETTINGS`
-empties search_path.
+returned, read as one piece. Names and settings are only ever bound as parameters (`text[]`
+and `oid[]` arrays), never pasted in; the one text written into a statement is a snapshot
+id that the server made (`IMPORT_SNAPSHOT`, checked by postgres.py). Every catalog function
+is schema-qualified because `PIN_SETTINGS` empties search_path.
 
 The column fields come from one fragment (`_COLUMN_FIELDS`) used both by the listing's
 fingerprint (`TABLES`) and by `COLUMNS`: a change to any returned field changes the
@@ -12,27 +13,37 @@ fingerprint.
 
 from __future__ import annotations
 
+from typing import Final
+
 # Deterministic output of format_type / pg_get_expr / pg_get_viewdef (see postgres.py's
 # docstring), and speed: JIT compilation costs more than it saves on catalog queries, and
 # the hashes and sorts of 100,000s of catalog rows should not spill to disk; each query is
 # planned for its actual arrays (1 or 25,000 names), not a cached generic plan.
 # pg_get_viewdef locks the relations a view reads: behind a long DDL it gives up after
 # lock_timeout (a retryable error) rather than hang. All local to the transaction.
+SESSION_SETTINGS: Final = {
+    "search_path": "",
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "1",
+    "bytea_output": "hex",
+    "TimeZone": "UTC",
+    "quote_all_identifiers": "off",
+    "standard_conforming_strings": "on",
+    "lc_monetary": "C",
+    "lc_numeric": "C",
+    "jit": "off",
+    "work_mem": "64MB",
+    "lock_timeout": "30s",
+    "plan_cache_mode": "force_custom_plan",
+}
+
+# Sets SESSION_SETTINGS, bound as two parallel arrays of names and values. It runs before
+# search_path is pinned, so even the types are qualified.
 PIN_SETTINGS = """
-SELECT pg_catalog.set_config('search_path', '', true),
-       pg_catalog.set_config('DateStyle', 'ISO, YMD', true),
-       pg_catalog.set_config('IntervalStyle', 'postgres', true),
-       pg_catalog.set_config('extra_float_digits', '1', true),
-       pg_catalog.set_config('bytea_output', 'hex', true),
-       pg_catalog.set_config('TimeZone', 'UTC', true),
-       pg_catalog.set_config('quote_all_identifiers', 'off', true),
-       pg_catalog.set_config('standard_conforming_strings', 'on', true),
-       pg_catalog.set_config('lc_monetary', 'C', true),
-       pg_catalog.set_config('lc_numeric', 'C', true),
-       pg_catalog.set_config('jit', 'off', true),
-       pg_catalog.set_config('work_mem', '64MB', true),
-       pg_catalog.set_config('lock_timeout', '30s', true),
-       pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true)
+SELECT pg_catalog.set_config(s.name, s.value, true)
+FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]),
+                pg_catalog.unnest($2::pg_catalog.text[])) AS s(name, value)
 """
 
 CLOCK = "SELECT pg_catalog.statement_timestamp()"

@@ -693,9 +693,8 @@ def test_tables_under_ddl_are_read_without_waiting(db: Db, monkeypatch: pytest.M
 
 def test_a_view_locked_by_ddl_is_a_retryable_error(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
     db.execute("CREATE TABLE base (x int); CREATE VIEW over AS SELECT x FROM base")
-    settings = postgres_sql.PIN_SETTINGS.replace("'lock_timeout', '30s'", "'lock_timeout', '200ms'")
-    assert settings != postgres_sql.PIN_SETTINGS
-    monkeypatch.setattr(postgres_sql, "PIN_SETTINGS", settings)
+    settings = {**postgres_sql.SESSION_SETTINGS, "lock_timeout": "200ms"}
+    monkeypatch.setattr(postgres_sql, "SESSION_SETTINGS", settings)
 
     async def during_migration() -> None:
         migration = await asyncpg.connect(db.dsn)
