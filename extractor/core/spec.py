@@ -18,7 +18,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     Field,
@@ -519,6 +518,8 @@ def parse_spec(data: Any, origin: str = "spec") -> ExtractionSpec:
 
 def load_spec_file(path: Path) -> ExtractionSpec:
     """Read a YAML or JSON spec file (JSON is YAML, so one parser serves both)."""
+    import yaml  # here: a Job's spec comes as JSON, and every phase process pays its imports
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
