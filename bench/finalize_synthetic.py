@@ -34,7 +34,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -165,26 +164,26 @@ class Catalog:
     params: Params
     schema_names: pa.Array = field(init=False)
     table_names: pa.Array = field(init=False)
-    schema_of: np.ndarray = field(init=False)
+    schema_of: pa.Array = field(init=False)
     index_of: dict[TableKey, int] = field(init=False)
     listing: pa.Table = field(init=False)
 
     def __post_init__(self) -> None:
         p = self.params
-        indexes = np.arange(p.tables)
-        self.schema_of = indexes // p.per_schema
+        schema_of = [i // p.per_schema for i in range(p.tables)]
+        self.schema_of = pa.array(schema_of, pa.int64())
         self.schema_names = pa.array([f"s_{s:04d}" for s in range(p.schemas)], pa.string())
         names = [f"{'v' if i % 10 == 9 else 't'}_{i % p.per_schema:05d}" for i in range(p.tables)]
         self.table_names = pa.array(names, pa.string())
         schema_list = self.schema_names.to_pylist()
         self.index_of = {
-            (DATABASE, schema_list[self.schema_of[i]], names[i]): i for i in range(p.tables)
+            (DATABASE, schema_list[schema_of[i]], names[i]): i for i in range(p.tables)
         }
-        is_view = indexes % 10 == 9
+        is_view = [i % 10 == 9 for i in range(p.tables)]
         view_definitions = [
             (
                 f" SELECT {', '.join(c[0] for c in COLUMNS)}\n   FROM "
-                f"{schema_list[self.schema_of[i]]}.t_{(i - 1) % p.per_schema:05d};"
+                f"{schema_list[schema_of[i]]}.t_{(i - 1) % p.per_schema:05d};"
             )
             if is_view[i]
             else None
@@ -193,9 +192,9 @@ class Catalog:
         self.listing = pa.Table.from_arrays(
             [
                 pa.array([DATABASE] * p.tables, pa.string()),
-                self.schema_names.take(pa.array(self.schema_of)),
+                self.schema_names.take(self.schema_of),
                 self.table_names,
-                pa.array(np.where(is_view, "VIEW", "TABLE"), pa.string()),
+                pa.array(["VIEW" if view else "TABLE" for view in is_view], pa.string()),
                 pa.array(
                     [f"Synthetic table {i}" if i % 5 == 0 else None for i in range(p.tables)],
                     pa.string(),
@@ -245,10 +244,11 @@ class SyntheticSource(ClosingSource):
         listing = self._catalog.listing
         if not self._changed:
             return listing
-        changed = np.fromiter(sorted(self._changed), np.int64, len(self._changed))
-        mask = np.zeros(listing.num_rows, dtype=bool)
-        mask[changed] = True
-        new_prints = pa.array([fingerprint(int(index), 1) for index in changed], pa.string())
+        changed = sorted(self._changed)
+        mask = [False] * listing.num_rows
+        for index in changed:
+            mask[index] = True
+        new_prints = pa.array([fingerprint(index, 1) for index in changed], pa.string())
         prints = pc.replace_with_mask(
             listing.column("fingerprint").combine_chunks(), pa.array(mask), new_prints
         )
@@ -257,34 +257,32 @@ class SyntheticSource(ClosingSource):
 
     async def columns(self, tables: Sequence[TableKey]) -> ColumnsResult:
         index_of = self._catalog.index_of
-        indexes = np.array([index_of[key] for key in tables if key in index_of], dtype=np.int64)
-        changed = np.isin(indexes, np.fromiter(self._changed, np.int64, len(self._changed)))
+        indexes = [index_of[key] for key in tables if key in index_of]
         parts = [
-            self._columns(indexes[~changed], changed=False),
-            self._columns(indexes[changed], changed=True),
+            self._columns([i for i in indexes if i not in self._changed], changed=False),
+            self._columns([i for i in indexes if i in self._changed], changed=True),
         ]
         present = frozenset(key for key in tables if key in index_of)
         return ColumnsResult(columns=pa.concat_tables(parts).combine_chunks(), present=present)
 
-    def _columns(self, indexes: np.ndarray, changed: bool) -> pa.Table:
+    def _columns(self, indexes: list[int], changed: bool) -> pa.Table:
         """The columns of the given tables, vectorised: each table repeats one template."""
         template = _template(self._catalog.params.columns, changed)
         width = len(template)
-        count = len(indexes)
-        per_row = np.repeat(indexes, width)
-        position = np.tile(np.arange(width), count)
+        rows = _row_numbers(len(indexes) * width)
+        per_row = pa.array(indexes, pa.int64()).take(pc.divide(rows, width))
+        take = pc.subtract(rows, pc.multiply(pc.divide(rows, width), width))
         fields = list(zip(*template, strict=True))
         names, types, nullable, defaults, primary, comments = (
             pa.array(values) for values in fields
         )
-        take = pa.array(position)
         return pa.Table.from_arrays(
             [
-                pa.array([DATABASE] * len(per_row), pa.string()),
-                self._catalog.schema_names.take(pa.array(self._catalog.schema_of[per_row])),
-                self._catalog.table_names.take(pa.array(per_row)),
+                pa.repeat(pa.scalar(DATABASE, pa.string()), len(per_row)),
+                self._catalog.schema_names.take(self._catalog.schema_of.take(per_row)),
+                self._catalog.table_names.take(per_row),
                 names.take(take),
-                pa.array(position + 1, pa.int32()),
+                pc.add(take, 1).cast(pa.int32()),
                 types.take(take),
                 nullable.take(take),
                 defaults.cast(pa.string()).take(take),
@@ -293,6 +291,11 @@ class SyntheticSource(ClosingSource):
             ],
             schema=COLUMN_SCHEMA,
         )
+
+
+def _row_numbers(count: int) -> pa.Array:
+    """0 to count - 1 (Arrow has no arange, and the product does without numpy)."""
+    return pc.subtract(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), count)), 1)
 
 
 def make_spec(

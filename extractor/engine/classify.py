@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -119,6 +118,11 @@ class Classification:
     """Deleted tables whose object id reappears under a new name (see `_RENAMED`)."""
 
 
+def _row_numbers(count: int) -> pa.Array:
+    """0 to count - 1 as int64 (Arrow has no arange; numpy is not a dependency)."""
+    return pc.subtract(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), count)), 1)
+
+
 def previous_relation(
     connection: duckdb.DuckDBPyConnection, previous: pa.Table
 ) -> duckdb.DuckDBPyRelation:
@@ -151,7 +155,7 @@ def classify(
     """
     current = current.cast(TABLE_SCHEMA)
     compared = current.select([*TABLE_KEY_COLUMNS, *_COMPARED_COLUMNS]).append_column(
-        "row_index", pa.array(np.arange(current.num_rows, dtype=np.int64))
+        "row_index", _row_numbers(current.num_rows)
     )
     connection.register("current_tables", compared)
     previous.create_view("previous_tables", replace=True)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from metatide.extractor.core.ids import Entity
 from metatide.extractor.core.records import (
@@ -158,13 +158,13 @@ class BucketRows:
         """(bucket, rows without the bucket column) per bucket that has rows."""
         if self.rows.num_rows == 0:
             return []
-        buckets = self.rows.column("bucket").to_numpy()
-        starts = np.concatenate(([0], np.flatnonzero(np.diff(buckets)) + 1))
-        ends = np.concatenate((starts[1:], [len(buckets)]))
+        runs = pc.run_end_encode(self.rows.column("bucket").combine_chunks())
+        ends = runs.run_ends.to_pylist()
+        starts = [0, *ends[:-1]]
         body = self.rows.drop_columns(["bucket"])
         return [
-            (int(buckets[start]), body.slice(int(start), int(end - start)))
-            for start, end in zip(starts, ends, strict=True)
+            (bucket, body.slice(start, end - start))
+            for bucket, start, end in zip(runs.values.to_pylist(), starts, ends, strict=True)
         ]
 
 

@@ -61,7 +61,9 @@ def bucket_of(database: str, schema: str, table: str, count: int) -> int:
     return int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big") % count
 
 
-def assign_buckets(tables: pa.Table, count: int, known: pa.Array | None = None) -> pa.Array:
+def assign_buckets(
+    tables: pa.Table, count: int, known: pa.Array | pa.ChunkedArray | None = None
+) -> pa.Array:
     """The bucket of every row of a table listing, as an int32 array.
 
     `known` holds each row's bucket where one is known already (the previous state's, at
@@ -70,17 +72,18 @@ def assign_buckets(tables: pa.Table, count: int, known: pa.Array | None = None) 
     """
     if known is None:
         known = pa.nulls(tables.num_rows, pa.int32())
-    missing = pc.indices_nonzero(known.is_null())
-    buckets = pc.fill_null(known.cast(pa.int32()), 0).to_numpy(zero_copy_only=False).copy()
-    subset = tables.take(missing)
+    if isinstance(known, pa.ChunkedArray):
+        known = known.combine_chunks()
+    missing = known.is_null()
+    subset = tables.filter(missing)
     names = zip(
         subset.column("database_name").to_pylist(),
         subset.column("schema_name").to_pylist(),
         subset.column("table_name").to_pylist(),
         strict=True,
     )
-    buckets[missing.to_numpy()] = [bucket_of(d, s, t, count) for d, s, t in names]
-    return pa.array(buckets, type=pa.int32())
+    hashed = pa.array([bucket_of(d, s, t, count) for d, s, t in names], type=pa.int32())
+    return pc.replace_with_mask(known.cast(pa.int32()), missing, hashed)
 
 
 def choose_bucket_count(tables: int, per_bucket: int, previous: int | None) -> int:
