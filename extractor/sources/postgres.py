@@ -74,6 +74,7 @@ from metatide.extractor.core.errors import (
     SpecError,
 )
 from metatide.extractor.core.ids import TableKey
+from metatide.extractor.core.logs import log
 from metatide.extractor.core.records import COLUMN_SCHEMA, TABLE_SCHEMA, rows_to_table
 from metatide.extractor.core.scope import Scope
 from metatide.extractor.core.spec import PostgresSourceSpec
@@ -338,11 +339,25 @@ class PostgresSource(ClosingSource):
     @asynccontextmanager
     async def _readers(self, database: str, conn: Any, parts: int) -> AsyncIterator[list[Any]]:
         """`conn` and the extra connections that a read of `parts` parts spreads over
-        (`source.readConnections` in all at most), opened for this read and closed after it."""
+        (`source.readConnections` in all at most), opened for this read and closed after it.
+
+        An extra connection the server refuses (max_connections reached, a pooler's limit)
+        is done without, with a warning: `conn` alone can always do the read.
+        """
         readers = [conn]
         try:
             for _ in range(min(parts, self._spec.read_connections) - 1):
-                readers.append(await self._connect(database))
+                try:
+                    readers.append(await self._connect(database))
+                except SourceUnavailableError as exc:
+                    log.warning(
+                        "postgres_read_connections_limited",
+                        database=database,
+                        wanted=min(parts, self._spec.read_connections),
+                        opened=len(readers),
+                        reason=str(exc),
+                    )
+                    break
             yield readers
         finally:
             await asyncio.gather(*(_close(reader) for reader in readers[1:]))

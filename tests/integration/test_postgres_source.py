@@ -617,6 +617,29 @@ def test_listing_in_small_transactions_gives_the_same_rows(
     assert opened == [None] + [db.name] * 2 * (read_connections - 1)
 
 
+def test_extra_readers_the_server_refuses_are_done_without(
+    db: Db, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server at max_connections refuses the extra readers: the read goes on over the
+    connection it has, and says so."""
+    db.execute("CREATE SCHEMA a;" + "".join(f"CREATE TABLE a.t{i} (x int);" for i in range(6)))
+    whole = snap(monkeypatch, db, read_connections=1)
+    monkeypatch.setattr(postgres, "_RELATIONS_PER_READ", 2)
+    monkeypatch.setattr(postgres, "_RELATIONS_PER_COLUMN_READER", 2)
+    connect = PostgresSource._connect
+
+    async def refuse_extra(self: PostgresSource, database: str | None) -> Any:
+        if self._open:  # the first connection is opened; the extra readers are refused
+            raise SourceUnavailableError("sorry, too many clients already")
+        return await connect(self, database)
+
+    monkeypatch.setattr(PostgresSource, "_connect", refuse_extra)
+    limited = snap(monkeypatch, db, read_connections=4)
+    assert limited.tables.equals(whole.tables)
+    assert limited.columns.equals(whole.columns)
+    assert "postgres_read_connections_limited" in caplog.text
+
+
 def test_a_column_batch_over_several_connections_reads_one_snapshot(
     db: Db, monkeypatch: pytest.MonkeyPatch
 ) -> None:
