@@ -150,7 +150,8 @@ class PostgresSourceSpec(_Model):
         description="Connections that one database's table listing, and one column batch, "
         "are read over at once: the server runs the catalog queries on that many cores. "
         "The extra connections are opened for that read and closed after it (a column batch "
-        "shares one snapshot over them). 1 reads over a single connection.",
+        "shares one snapshot over them); one the server refuses is done without, with a "
+        "warning. 1 reads over a single connection.",
     )
     scope: ScopeSpec = Field(default_factory=ScopeSpec, description="Include/exclude filters.")
 
