@@ -102,7 +102,7 @@ def batch_file(request: pa.Table, result: ColumnsResult) -> pa.Table:
     columns in the source's order.
 
     Nothing reads the file in order (finalize selects rows by kind and key), so it is not
-    sorted: sorting 200,000 rows on six keys cost more than reading them from the server.
+    sorted: sorting 210,000 rows on six keys took 0.1 s, a fifth of a 10k-table batch.
     """
     present = pa.array([key in result.present for key in table_to_keys(request)], pa.bool_())
     accounting = request.filter(present)
