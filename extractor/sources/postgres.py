@@ -91,8 +91,10 @@ _IDLE_CONNECTIONS: Final = 4
 _CONNECT_ATTEMPTS: Final = 3
 # pg_get_viewdef keeps a lock on every relation a view reads until the transaction ends, and
 # the server's lock table, shared by all sessions, holds max_locks_per_transaction x
-# max_connections entries (about 6,400 by default): tables() reads this many per transaction.
+# max_connections entries (about 6,400 by default): tables() reads at most this many per
+# transaction, and its readers together at most _RELATIONS_LISTED_AT_ONCE at a time.
 _RELATIONS_PER_READ: Final = 500
+_RELATIONS_LISTED_AT_ONCE: Final = 1_000
 # A column batch is split over several readers only in shares of at least this many
 # relations: below it, opening a connection costs more than the share saves.
 _RELATIONS_PER_COLUMN_READER: Final = 1_000
@@ -269,7 +271,9 @@ class PostgresSource(ClosingSource):
     # -- queries -------------------------------------------------------------------------
 
     async def _tables_of(self, database: str, schemas: list[str]) -> pa.Table:
-        """Table rows of the database's schemas, read `_RELATIONS_PER_READ` at a time.
+        """Table rows of the database's schemas, read in parts of `_RELATIONS_PER_READ`
+        relations (smaller with many readers: together they list at most
+        `_RELATIONS_LISTED_AT_ONCE` at a time, each holding its part's view locks).
 
         Each part is a transaction of its own anyway, so the parts are spread over the
         readers: the server's cost (the fingerprints, pg_get_viewdef) runs on several cores.
@@ -277,10 +281,11 @@ class PostgresSource(ClosingSource):
         async with self._session(database) as conn:
             found = await self._fetch(conn, sql.RELATIONS, schemas)
             oids = [row[0] for row in found]
-            parts = [
-                oids[start : start + _RELATIONS_PER_READ]
-                for start in range(0, len(oids), _RELATIONS_PER_READ)
-            ]
+            per_read = max(
+                1,
+                min(_RELATIONS_PER_READ, _RELATIONS_LISTED_AT_ONCE // self._spec.read_connections),
+            )
+            parts = [oids[start : start + per_read] for start in range(0, len(oids), per_read)]
             async with self._readers(database, conn, len(parts)) as readers:
                 rows = await _spread(
                     readers, parts, lambda reader, part: self._fetch(reader, sql.TABLES, part)

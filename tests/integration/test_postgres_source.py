@@ -617,6 +617,32 @@ def test_listing_in_small_transactions_gives_the_same_rows(
     assert opened == [None] + [db.name] * 2 * (read_connections - 1)
 
 
+def test_many_readers_list_in_smaller_parts(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All readers of a listing together hold the view locks of at most
+    `_RELATIONS_LISTED_AT_ONCE` relations: more readers, smaller parts."""
+    db.execute(
+        "CREATE SCHEMA a;"
+        + "".join(
+            f"CREATE TABLE a.t{i} (x int); CREATE VIEW a.v{i} AS SELECT x FROM a.t{i};"
+            for i in range(8)
+        )
+    )
+    whole = snap(monkeypatch, db, read_connections=1)
+    monkeypatch.setattr(postgres, "_RELATIONS_LISTED_AT_ONCE", 6)
+    fetch = PostgresSource._fetch
+    listed: list[int] = []
+
+    async def spied(self: PostgresSource, conn: Any, query: str, *args: Any) -> list[Any]:
+        if query == postgres_sql.TABLES:
+            listed.append(len(args[0]))
+        return await fetch(self, conn, query, *args)
+
+    monkeypatch.setattr(PostgresSource, "_fetch", spied)
+    parted = snap(monkeypatch, db, read_connections=3)
+    assert parted.tables.equals(whole.tables)
+    assert listed == [2] * 8  # 16 relations, 6 // 3 per part
+
+
 def test_extra_readers_the_server_refuses_are_done_without(
     db: Db, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
