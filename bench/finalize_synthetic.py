@@ -60,6 +60,7 @@ from metatide.extractor.core.records import (
     DATABASE_SCHEMA,
     SCHEMA_SCHEMA,
     TABLE_SCHEMA,
+    row_numbers,
 )
 from metatide.extractor.core.scope import Scope
 from metatide.extractor.core.spec import ExtractionSpec, parse_spec
@@ -269,7 +270,7 @@ class SyntheticSource(ClosingSource):
         """The columns of the given tables, vectorised: each table repeats one template."""
         template = _template(self._catalog.params.columns, changed)
         width = len(template)
-        rows = _row_numbers(len(indexes) * width)
+        rows = row_numbers(len(indexes) * width)
         per_row = pa.array(indexes, pa.int64()).take(pc.divide(rows, width))
         take = pc.subtract(rows, pc.multiply(pc.divide(rows, width), width))
         fields = list(zip(*template, strict=True))
@@ -291,11 +292,6 @@ class SyntheticSource(ClosingSource):
             ],
             schema=COLUMN_SCHEMA,
         )
-
-
-def _row_numbers(count: int) -> pa.Array:
-    """0 to count - 1 (Arrow has no arange, and the product does without numpy)."""
-    return pc.subtract(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), count)), 1)
 
 
 def make_spec(

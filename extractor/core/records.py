@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from metatide.extractor.core.ids import Entity, TableKey
 
@@ -98,6 +99,11 @@ def table_to_keys(table: pa.Table) -> list[TableKey]:
     """The (database, schema, table) keys of an Arrow table, in its row order."""
     names = [table.column(name).to_pylist() for name in TABLE_KEY_COLUMNS]
     return list(zip(*names, strict=True))
+
+
+def row_numbers(count: int) -> pa.Array:
+    """0 to count - 1 as int64: Arrow has no arange, and metatide does without numpy."""
+    return pc.subtract(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), count)), 1)
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

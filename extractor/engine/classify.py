@@ -34,7 +34,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from metatide.extractor.core.records import TABLE_KEY_COLUMNS, TABLE_SCHEMA
+from metatide.extractor.core.records import TABLE_KEY_COLUMNS, TABLE_SCHEMA, row_numbers
 from metatide.extractor.core.scope import Scope
 from metatide.extractor.state.runfiles import DELETED_TABLE_SCHEMA
 
@@ -118,11 +118,6 @@ class Classification:
     """Deleted tables whose object id reappears under a new name (see `_RENAMED`)."""
 
 
-def _row_numbers(count: int) -> pa.Array:
-    """0 to count - 1 as int64 (Arrow has no arange; numpy is not a dependency)."""
-    return pc.subtract(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), count)), 1)
-
-
 def previous_relation(
     connection: duckdb.DuckDBPyConnection, previous: pa.Table
 ) -> duckdb.DuckDBPyRelation:
@@ -155,7 +150,7 @@ def classify(
     """
     current = current.cast(TABLE_SCHEMA)
     compared = current.select([*TABLE_KEY_COLUMNS, *_COMPARED_COLUMNS]).append_column(
-        "row_index", _row_numbers(current.num_rows)
+        "row_index", row_numbers(current.num_rows)
     )
     connection.register("current_tables", compared)
     previous.create_view("previous_tables", replace=True)

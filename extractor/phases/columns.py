@@ -106,13 +106,9 @@ def batch_file(request: pa.Table, result: ColumnsResult) -> pa.Table:
     """
     present = pa.array([key in result.present for key in table_to_keys(request)], pa.bool_())
     accounting = request.filter(present)
-    accounting = accounting.append_column("row_kind", _repeat("table", accounting.num_rows))
-    columns = result.columns.append_column("row_kind", _repeat("column", result.columns.num_rows))
+    accounting = accounting.append_column("row_kind", pa.repeat("table", accounting.num_rows))
+    columns = result.columns.append_column("row_kind", pa.repeat("column", result.columns.num_rows))
     return pa.concat_tables([_conform(accounting), _conform(columns)])
-
-
-def _repeat(text: str, count: int) -> pa.Array:
-    return pa.repeat(pa.scalar(text, pa.string()), count)
 
 
 def _conform(table: pa.Table) -> pa.Table:

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 import re
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -308,10 +309,10 @@ class PostgresSource(ClosingSource):
                 schemas=pa.array([schema for schema, _ in present], type=pa.string()),
                 tables=pa.array([table for _, table in present], type=pa.string()),
             )
-            wanted_readers = -(-len(oids) // _RELATIONS_PER_COLUMN_READER)
-            async with self._readers(database, conn, wanted_readers) as readers:
+            shares = math.ceil(len(oids) / _RELATIONS_PER_COLUMN_READER)
+            async with self._readers(database, conn, shares) as readers:
                 snapshot = await _export_snapshot(conn) if len(readers) > 1 else None
-                share = max(1, -(-len(oids) // len(readers)))
+                share = max(1, math.ceil(len(oids) / len(readers)))
                 parts = [oids[start : start + share] for start in range(0, len(oids), share)]
 
                 async def copy(reader: Any, part: list[int]) -> bytes:
@@ -349,16 +350,17 @@ class PostgresSource(ClosingSource):
         An extra connection the server refuses (max_connections reached, a pooler's limit)
         is done without, with a warning: `conn` alone can always do the read.
         """
+        wanted = min(parts, self._spec.read_connections)
         readers = [conn]
         try:
-            for _ in range(min(parts, self._spec.read_connections) - 1):
+            for _ in range(wanted - 1):
                 try:
                     readers.append(await self._connect(database))
                 except SourceUnavailableError as exc:
                     log.warning(
                         "postgres_read_connections_limited",
                         database=database,
-                        wanted=min(parts, self._spec.read_connections),
+                        wanted=wanted,
                         opened=len(readers),
                         reason=str(exc),
                     )
