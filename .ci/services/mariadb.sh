@@ -28,8 +28,9 @@ PID_FILE="$STATE_DIR/mariadb.pid"
 LOG_FILE="$STATE_DIR/mariadb.log"
 DSN="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$PORT/"
 
-log() { printf 'mariadb.sh: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+SERVICE="mariadb.sh"
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # As root the server runs as the `mysql` OS user (made by the Debian package); otherwise as us.
 if [[ $EUID -eq 0 ]]; then
@@ -39,12 +40,6 @@ else
     RUN_AS="$(id -un)"
     ADMIN="$RUN_AS"
 fi
-
-apt_install() {
-    # Try without `apt-get update` first: it is slow and usually unnecessary.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" ||
-        { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; }
-}
 
 ensure_installed() {
     if [[ -x /usr/sbin/mariadbd && -x /usr/bin/mariadb-install-db && -x /usr/bin/mariadb ]] &&
@@ -58,11 +53,11 @@ ensure_installed() {
     # policy is left alone.
     local policy=/usr/sbin/policy-rc.d status=0
     if [[ -e "$policy" ]]; then
-        apt_install mariadb-server mariadb-client openssl || status=$?
+        apt_install --no-install-recommends mariadb-server mariadb-client openssl || status=$?
     else
         printf '#!/bin/sh\nexit 101\n' >"$policy"
         chmod 755 "$policy"
-        apt_install mariadb-server mariadb-client openssl || status=$?
+        apt_install --no-install-recommends mariadb-server mariadb-client openssl || status=$?
         rm -f "$policy"
     fi
     [[ $status -eq 0 ]] || die "apt-get install mariadb-server failed"
@@ -106,16 +101,8 @@ init_data() {
     touch "$DATA_DIR/.metatide-ready"
 }
 
-our_pid() {
-    [[ -f "$PID_FILE" ]] || return 1
-    local pid
-    pid="$(cat "$PID_FILE")"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    # Guard against pid reuse: the process must be a mariadbd with our data dir.
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "--datadir=$DATA_DIR" || return 1
-    echo "$pid"
-}
+# Our server: a mariadbd with our data dir.
+our_pid() { pid_from_file "$PID_FILE" "--datadir=$DATA_DIR"; }
 
 admin_sql() {
     mariadb --no-defaults --socket="$SOCKET" -u "$ADMIN" --batch --skip-column-names -e "$1"
@@ -140,13 +127,11 @@ start_server() {
         --table-open-cache=12000 --table-definition-cache=12000 --open-files-limit=65535 \
         --ssl-ca="$TLS_DIR/ca.pem" --ssl-cert="$TLS_DIR/server-cert.pem" \
         --ssl-key="$TLS_DIR/server-key.pem" </dev/null >/dev/null 2>&1 &
-    local i
-    for ((i = 0; i < 300; i++)); do
-        [[ -S "$SOCKET" ]] && our_pid >/dev/null && admin_sql "SELECT 1" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    tail -n 30 "$LOG_FILE" >&2 || true
-    die "mariadbd did not start (see $LOG_FILE)"
+    poll 30 admin_answers || die_with_log "mariadbd did not start"
+}
+
+admin_answers() {
+    [[ -S "$SOCKET" ]] && our_pid >/dev/null && admin_sql "SELECT 1" >/dev/null 2>&1
 }
 
 ensure_account() {
@@ -173,34 +158,17 @@ cmd_start() {
         start_server
         ensure_account
     fi
-    local i
-    for ((i = 0; i < 300; i++)); do
-        if accepts_logins; then
-            echo "$DSN"
-            return 0
-        fi
-        sleep 0.1
-    done
-    tail -n 30 "$LOG_FILE" >&2 || true
-    die "MariaDB is not accepting logins on 127.0.0.1:$PORT (see $LOG_FILE)"
+    poll 30 accepts_logins || die_with_log "MariaDB is not accepting logins on 127.0.0.1:$PORT"
+    echo "$DSN"
 }
 
 cmd_stop() {
-    local pid i
+    local pid
     if ! pid="$(our_pid)"; then
         log "not running"
         return 0
     fi
-    kill -TERM "$pid"
-    for ((i = 0; i < 300; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "pid $pid ignored SIGTERM for 30s; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    log "stopped (pid $pid)"
+    stop_pid "$pid" 30
 }
 
 cmd_status() {
@@ -218,13 +186,4 @@ cmd_env() {
     echo "export METATIDE_TEST_MYSQL_CA=$TLS_DIR/ca.pem"
 }
 
-case "${1:-}" in
-    start) cmd_start ;;
-    stop) cmd_stop ;;
-    status) cmd_status ;;
-    env) cmd_env ;;
-    *)
-        echo "usage: $0 {start|stop|status|env}" >&2
-        exit 2
-        ;;
-esac
+dispatch start stop status env -- "$@"

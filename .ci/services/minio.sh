@@ -39,8 +39,9 @@ LOG_FILE="$STATE_DIR/minio.log"
 BIN_DIR="$CACHE_DIR/minio/$MINIO_VERSION"
 BIN="$BIN_DIR/minio"
 
-log() { printf 'minio.sh: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+SERVICE="minio.sh"
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 find_go() {
     # A fresh shell (CI) may not have /usr/local/go/bin on PATH.
@@ -98,17 +99,8 @@ cmd_build() {
     log "built $BIN in $((end - start))s"
 }
 
-# Prints the pid recorded in our pid file if that process is alive and is a minio.
-our_pid() {
-    [[ -f "$PID_FILE" ]] || return 1
-    local pid
-    pid="$(cat "$PID_FILE")"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    # Guard against pid reuse after a reboot: the process must be a minio server.
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'minio server' || return 1
-    echo "$pid"
-}
+# Our server: a minio server, started from our pid file.
+our_pid() { pid_from_file "$PID_FILE" "minio server"; }
 
 healthy() {
     if command -v curl >/dev/null 2>&1; then
@@ -150,38 +142,23 @@ cmd_start() {
         pid=$!
         echo "$pid" >"$PID_FILE"
     fi
-    local i
-    for ((i = 0; i < 300; i++)); do
-        if healthy; then
-            log "ready (pid $pid)"
-            echo "http://127.0.0.1:$PORT"
-            return 0
-        fi
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    tail -n 30 "$LOG_FILE" >&2 || true
-    die "MinIO did not become healthy on 127.0.0.1:$PORT (see $LOG_FILE)"
+    poll 30 healthy_or_exited "$pid" && healthy ||
+        die_with_log "MinIO did not become healthy on 127.0.0.1:$PORT"
+    log "ready (pid $pid)"
+    echo "http://127.0.0.1:$PORT"
 }
 
+# Ends the wait for health early when the server has died (a bind error, a bad flag).
+healthy_or_exited() { healthy || ! kill -0 "$1" 2>/dev/null; }
+
 cmd_stop() {
-    local pid i
-    if ! pid="$(our_pid)"; then
-        rm -f "$PID_FILE"
+    local pid
+    if pid="$(our_pid)"; then
+        stop_pid "$pid" 15
+    else
         log "not running"
-        return 0
-    fi
-    kill -TERM "$pid"
-    for ((i = 0; i < 150; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "pid $pid ignored SIGTERM for 15s; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$PID_FILE"
-    log "stopped (pid $pid)"
 }
 
 cmd_status() {
@@ -200,14 +177,4 @@ cmd_env() {
     echo "export METATIDE_TEST_S3_SECRET_KEY=$ROOT_PASSWORD"
 }
 
-case "${1:-}" in
-    build) cmd_build ;;
-    start) cmd_start ;;
-    stop) cmd_stop ;;
-    status) cmd_status ;;
-    env) cmd_env ;;
-    *)
-        echo "usage: $0 {build|start|stop|status|env}" >&2
-        exit 2
-        ;;
-esac
+dispatch build start stop status env -- "$@"

@@ -27,8 +27,9 @@ DATA_DIR="$STATE_DIR/data"
 LOG_FILE="$STATE_DIR/postgres.log"
 DSN="postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PORT/postgres"
 
-log() { printf 'postgres.sh: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+SERVICE="postgres.sh"
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # PostgreSQL refuses to run as root, so as root we act as the `postgres` OS user
 # (created by the Debian package); as anyone else we run as ourselves.
@@ -38,12 +39,6 @@ as_pg() {
     else
         "$@"
     fi
-}
-
-apt_install() {
-    # Try without `apt-get update` first: it is slow and usually unnecessary.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" ||
-        { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"; }
 }
 
 ensure_installed() {
@@ -130,21 +125,11 @@ cmd_start() {
         [[ -f "$DATA_DIR/PG_VERSION" ]] || init_cluster
         write_settings
         log "starting on 127.0.0.1:$PORT, log $LOG_FILE"
-        if ! as_pg "$PG_BIN/pg_ctl" start -D "$DATA_DIR" -l "$LOG_FILE" -w -t 60 >/dev/null; then
-            tail -n 30 "$LOG_FILE" >&2 || true
-            die "pg_ctl start failed (see $LOG_FILE)"
-        fi
+        as_pg "$PG_BIN/pg_ctl" start -D "$DATA_DIR" -l "$LOG_FILE" -w -t 60 >/dev/null ||
+            die_with_log "pg_ctl start failed"
     fi
-    local i
-    for ((i = 0; i < 300; i++)); do
-        if ready; then
-            echo "$DSN"
-            return 0
-        fi
-        sleep 0.1
-    done
-    tail -n 30 "$LOG_FILE" >&2 || true
-    die "PostgreSQL is not accepting connections on 127.0.0.1:$PORT (see $LOG_FILE)"
+    poll 30 ready || die_with_log "PostgreSQL is not accepting connections on 127.0.0.1:$PORT"
+    echo "$DSN"
 }
 
 cmd_stop() {
@@ -170,13 +155,4 @@ cmd_env() {
     echo "export METATIDE_TEST_PG_DSN=$DSN"
 }
 
-case "${1:-}" in
-    start) cmd_start ;;
-    stop) cmd_stop ;;
-    status) cmd_status ;;
-    env) cmd_env ;;
-    *)
-        echo "usage: $0 {start|stop|status|env}" >&2
-        exit 2
-        ;;
-esac
+dispatch start stop status env -- "$@"
