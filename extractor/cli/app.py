@@ -75,6 +75,24 @@ AllowMassDeleteOption = Annotated[
     bool,
     typer.Option("--allow-mass-delete", help="Disable the mass-delete guard for this run."),
 ]
+TakeOverFromOption = Annotated[
+    str | None,
+    typer.Option(
+        "--take-over-from",
+        help="Run id known to be dead (failed or replaced): take its lease at once.",
+    ),
+]
+# A string, parsed by `_batch_index`: a bad value is a spec error (exit 3), as for every other
+# malformed input, not click's usage error (exit 2).
+BatchOption = Annotated[
+    str | None,
+    typer.Option(
+        "--batch",
+        envvar="JOB_COMPLETION_INDEX",
+        help="Batch index (an Indexed Job sets JOB_COMPLETION_INDEX).",
+        show_envvar=True,
+    ),
+]
 
 
 def _load_spec(
@@ -184,13 +202,7 @@ def plan(
     run_id: RunIdOption = None,
     force_full: ForceFullOption = False,
     allow_mass_delete: AllowMassDeleteOption = False,
-    take_over_from: Annotated[
-        str | None,
-        typer.Option(
-            "--take-over-from",
-            help="Run id known to be dead (failed or replaced): take its lease at once.",
-        ),
-    ] = None,
+    take_over_from: TakeOverFromOption = None,
 ) -> None:
     """Phase 1: list the catalog, classify tables, write the run's batches. Prints the run id."""
     from metatide.extractor.phases.plan import plan as plan_phase
@@ -220,17 +232,7 @@ def plan(
 def columns(
     config: ConfigOption = None,
     run_id: RunIdOption = None,
-    batch: Annotated[
-        # A string, parsed by `_batch_index`: a bad value is a spec error (exit 3), as for
-        # every other malformed input, not click's usage error (exit 2).
-        str | None,
-        typer.Option(
-            "--batch",
-            envvar="JOB_COMPLETION_INDEX",
-            help="Batch index (an Indexed Job sets JOB_COMPLETION_INDEX).",
-            show_envvar=True,
-        ),
-    ] = None,
+    batch: BatchOption = None,
 ) -> None:
     """Phase 2: extract the columns of one batch of tables."""
     from metatide.extractor.phases.columns import extract_batch

@@ -19,16 +19,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from metatide.operator import crd, structural
-from metatide.operator.model import (
-    GROUP,
-    KIND,
-    PLURAL,
-    SHORT_NAME,
-    VERSION,
-    IncrementalExtractionSpec,
-    ScheduleSpec,
-)
+from metatide.operator import crd, model, structural
+from metatide.operator.model import IncrementalExtractionSpec, ScheduleSpec
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / crd.CRD_FILE
@@ -170,16 +162,16 @@ def test_committed_crd_is_current() -> None:
 
 def test_identity(rendered: dict[str, Any]) -> None:
     assert rendered["apiVersion"] == "apiextensions.k8s.io/v1"
-    assert rendered["metadata"]["name"] == f"{PLURAL}.{GROUP}" == crd.CRD_NAME
+    assert rendered["metadata"]["name"] == f"{model.PLURAL}.{model.GROUP}" == crd.CRD_NAME
     spec = rendered["spec"]
-    assert spec["group"] == GROUP
+    assert spec["group"] == model.GROUP
     assert spec["scope"] == "Namespaced"
-    assert spec["names"]["kind"] == KIND
-    assert spec["names"]["plural"] == PLURAL
-    assert spec["names"]["shortNames"] == [SHORT_NAME]
+    assert spec["names"]["kind"] == model.KIND
+    assert spec["names"]["plural"] == model.PLURAL
+    assert spec["names"]["shortNames"] == [model.SHORT_NAME]
     assert spec["names"]["categories"] == ["metatide"]
     (version,) = spec["versions"]
-    assert (version["name"], version["served"], version["storage"]) == (VERSION, True, True)
+    assert (version["name"], version["served"], version["storage"]) == (model.VERSION, True, True)
     assert version["subresources"] == {"status": {}}
 
 
@@ -445,8 +437,8 @@ def test_converter_refuses_unions_it_cannot_express() -> None:
 
 def test_example_is_a_valid_resource() -> None:
     document = yaml.safe_load(EXAMPLE_PATH.read_text(encoding="utf-8"))
-    assert document["apiVersion"] == f"{GROUP}/{VERSION}"
-    assert document["kind"] == KIND
+    assert document["apiVersion"] == f"{model.GROUP}/{model.VERSION}"
+    assert document["kind"] == model.KIND
     spec = IncrementalExtractionSpec.model_validate(document["spec"])
     assert spec.source.kind == "postgresql"
     assert spec.source.dsn_from.secret_key_ref is not None
