@@ -16,9 +16,9 @@ each fact on the real server):
   tells BACKFILL from CREATED). `UPDATE_TIME` moves on DML and is reset by ALTER: never used.
 - Views have no times: each gets a fingerprint, the first 128 bits of a sha256 over its
   type, definition and, computed inside the server, its columns' fields (exactly those
-  `columns()` returns, from the same expressions `_COLUMN_EXPRESSIONS`), so a change to a table a
-  view reads shows through the view's column types. A base table without CREATE_TIME (some
-  storage engines) is fingerprinted the same way.
+  `columns()` returns, from the same expressions, mysql_sql.py's `COLUMN_EXPRESSIONS`), so
+  a change to a table a view reads shows through the view's column types. A base table
+  without CREATE_TIME (some storage engines) is fingerprinted the same way.
 - Times are whole seconds in the session time zone, pinned to UTC here. MariaDB's file
   times come from the kernel's coarse clock, which lags the clock `UTC_TIMESTAMP(6)` reads
   by up to a few milliseconds, and MySQL 8 stamps the *start* of the DDL statement: `clock()`
@@ -80,6 +80,7 @@ from metatide.extractor.core.logs import log
 from metatide.extractor.core.records import COLUMN_SCHEMA, TABLE_SCHEMA, rows_to_table
 from metatide.extractor.core.scope import Scope
 from metatide.extractor.core.spec import MysqlSourceSpec, TlsSpec
+from metatide.extractor.sources import mysql_sql as sql
 from metatide.extractor.sources.base import (
     FINGERPRINT_HEX_DIGITS,
     Capabilities,
@@ -101,88 +102,14 @@ _LOOKUP_LIMIT: Final = 100  # tables of one schema looked up one by one; more: s
 _LOOKUPS_PER_STATEMENT: Final = 100
 _PROGRAM_NAME: Final = "metatide"
 
-_PIN_SESSION = """
-SET SESSION time_zone = '+00:00', sql_mode = '', lock_wait_timeout = 30,
-    group_concat_max_len = 1073741824
-"""
-
-_CLOCK = "SELECT UTC_TIMESTAMP(6)"
-
-_SCHEMAS = """
-SELECT SCHEMA_NAME, {comment} FROM information_schema.SCHEMATA
-WHERE SCHEMA_NAME NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')
-"""
-
-_RELATION_TYPES = "('BASE TABLE', 'VIEW', 'SYSTEM VERSIONED')"
-
-_TABLES = f"""
-SELECT TABLE_NAME, TABLE_TYPE, CREATE_TIME, TABLE_COMMENT
-FROM information_schema.TABLES
-WHERE TABLE_SCHEMA = ? AND TABLE_TYPE IN {_RELATION_TYPES}
-"""
-
-_IS_RELATION = f" AND c.TABLE_TYPE IN {_RELATION_TYPES}"
-
-# InnoDB's table id survives RENAME TABLE (and instant ALTERs) but not a rebuild: the
-# tables' object ids, for rename detection. InnoDB names tables `schema/table` in its
-# filename encoding, which equals the SQL name only for [A-Za-z0-9_] names; other names get
-# no id. Reading these views needs the PROCESS privilege: without it, no ids at all.
-_INNODB_TABLE_IDS: Final = {
-    True: "SELECT NAME, TABLE_ID FROM information_schema.INNODB_SYS_TABLES WHERE NAME LIKE ?",
-    False: "SELECT NAME, TABLE_ID FROM information_schema.INNODB_TABLES WHERE NAME LIKE ?",
-}
 _PLAIN_NAME: Final = re.compile(r"^[A-Za-z0-9_]+$")
 _NO_PRIVILEGE: Final = frozenset({1227, 1044, 1142})  # PROCESS missing / access denied
-
-_VIEWS = "SELECT TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS WHERE TABLE_SCHEMA = ?"
 
 _TABLE_TYPES: Final = {
     "BASE TABLE": "TABLE",
     "VIEW": "VIEW",
     "SYSTEM VERSIONED": "SYSTEM VERSIONED TABLE",
 }
-
-# The fields of one column, shared by the fingerprint and by columns(); the order is
-# COLUMN_SCHEMA's from column_name on. A generated column's expression is its default, as
-# in the PostgreSQL source; MariaDB reports a missing default of a nullable column as the
-# text NULL (a string default is quoted), which is no default at all.
-_COLUMN_EXPRESSIONS: Final = (
-    "c.COLUMN_NAME",
-    "c.ORDINAL_POSITION",
-    "c.COLUMN_TYPE",
-    "c.IS_NULLABLE = 'YES'",
-    "CASE WHEN c.GENERATION_EXPRESSION <> '' THEN c.GENERATION_EXPRESSION"
-    " WHEN c.COLUMN_DEFAULT = BINARY 'NULL' THEN NULL ELSE c.COLUMN_DEFAULT END",
-    "NULLIF(c.COLUMN_COMMENT, '')",
-    "c.COLUMN_KEY = 'PRI'",
-)
-_COLUMN_FIELDS = ",\n".join(_COLUMN_EXPRESSIONS)
-
-# Each field as an SQL literal (QUOTE escapes quotes and tells NULL from 'NULL'), the fields
-# of a column joined by commas, the columns by semicolons, hashed: an unambiguous encoding,
-# and measured twice as fast on MariaDB as JSON_ARRAY.
-_FINGERPRINT = (
-    "SHA2(GROUP_CONCAT(CONCAT_WS(',', "
-    + ", ".join(f"QUOTE({expression})" for expression in _COLUMN_EXPRESSIONS)
-    + ") ORDER BY c.ORDINAL_POSITION SEPARATOR ';'), 256)"
-)
-
-# One row per requested table (by position); the `?`s are: position, schema, table.
-_LOOKUP = """
-SELECT ? AS i, {select} FROM information_schema.{view} AS c
-WHERE c.TABLE_SCHEMA = ? AND c.TABLE_NAME = ?{extra}
-"""
-
-# Every relation and every column of one schema, for batches that want many of its tables.
-_SCHEMA_RELATIONS = f"""
-SELECT c.TABLE_NAME FROM information_schema.TABLES AS c WHERE c.TABLE_SCHEMA = ?{_IS_RELATION}
-"""
-
-_TABLE_COLUMN_FIELDS = f"c.TABLE_NAME, {_COLUMN_FIELDS}"
-
-_SCHEMA_COLUMNS = f"""
-SELECT {_TABLE_COLUMN_FIELDS} FROM information_schema.COLUMNS AS c WHERE c.TABLE_SCHEMA = ?
-"""
 
 # asyncmy reports these codes as OperationalError; CR_* (2xxx) are the client's own.
 _TRANSIENT_CODES: Final = frozenset(
@@ -303,7 +230,7 @@ class MysqlSource(ClosingSource):
     # -- the Source protocol --------------------------------------------------------------
 
     async def clock(self) -> datetime:
-        (now,) = (await self._query(_CLOCK))[0]
+        (now,) = (await self._query(sql.CLOCK))[0]
         moment: datetime = now.replace(tzinfo=UTC) - _CLOCK_ALLOWANCE
         return moment
 
@@ -316,7 +243,7 @@ class MysqlSource(ClosingSource):
             return rows_to_table("schema", [])
         async with self._session() as connection:
             comment = "NULLIF(SCHEMA_COMMENT, '')" if self._mariadb else "NULL"
-            found = await _fetch(connection, _SCHEMAS.format(comment=comment))
+            found = await _fetch(connection, sql.SCHEMAS.format(comment=comment))
         rows = [
             {"database_name": DATABASE, "schema_name": name, "comment": comment}
             for name, comment in sorted(found)
@@ -357,7 +284,7 @@ class MysqlSource(ClosingSource):
     async def _tables_of(self, schema: str, scope: Scope) -> list[dict[str, Any]]:
         """The schema's relations in scope, each with its DDL time or fingerprint."""
         async with self._session() as connection:
-            listed = await _fetch(connection, _TABLES, schema)
+            listed = await _fetch(connection, sql.TABLES, schema)
             relations = sorted(
                 (name, kind, created, comment)
                 for name, kind, created, comment in listed
@@ -365,7 +292,7 @@ class MysqlSource(ClosingSource):
             )
             views: dict[str, str | None] = {}
             if any(kind == "VIEW" for _, kind, _, _ in relations):
-                views = dict(await _fetch(connection, _VIEWS, schema))
+                views = dict(await _fetch(connection, sql.VIEWS, schema))
             untimed = [name for name, _, created, _ in relations if created is None]
             hashes = await self._column_hashes(connection, schema, untimed)
             table_ids = await self._table_ids(connection, schema)
@@ -399,7 +326,7 @@ class MysqlSource(ClosingSource):
             return {}
         pattern = schema.replace("_", "\\_") + "/%"
         try:
-            rows = await _fetch(connection, _INNODB_TABLE_IDS[self._mariadb], pattern)
+            rows = await _fetch(connection, sql.INNODB_TABLE_IDS[self._mariadb], pattern)
         except driver.MySQLError as exc:
             if _code(exc) not in _NO_PRIVILEGE:
                 raise
@@ -424,8 +351,8 @@ class MysqlSource(ClosingSource):
         hashes: dict[str, str | None] = {}
         for start in range(0, len(tables), _LOOKUPS_PER_STATEMENT):
             chunk = tables[start : start + _LOOKUPS_PER_STATEMENT]
-            sql, args = _lookups(_FINGERPRINT, "COLUMNS", schema, chunk)
-            for position, digest in await _fetch(connection, sql, *args):
+            statement, args = _lookups(sql.FINGERPRINT, "COLUMNS", schema, chunk)
+            for position, digest in await _fetch(connection, statement, *args):
                 hashes[chunk[position]] = digest
         return hashes
 
@@ -435,15 +362,17 @@ class MysqlSource(ClosingSource):
         records: list[Any] = []
         async with self._session() as connection:
             if len(wanted) > _LOOKUP_LIMIT:  # one scan of the schema costs less
-                names = [name for (name,) in await _fetch(connection, _SCHEMA_RELATIONS, schema)]
-                records = await _fetch(connection, _SCHEMA_COLUMNS, schema)
+                names = [name for (name,) in await _fetch(connection, sql.SCHEMA_RELATIONS, schema)]
+                records = await _fetch(connection, sql.SCHEMA_COLUMNS, schema)
             else:
                 for start in range(0, len(wanted), _LOOKUPS_PER_STATEMENT):
                     chunk = wanted[start : start + _LOOKUPS_PER_STATEMENT]
-                    sql, args = _lookups("c.TABLE_NAME", "TABLES", schema, chunk, _IS_RELATION)
-                    names += [name for _, name in await _fetch(connection, sql, *args)]
-                    sql, args = _lookups(_TABLE_COLUMN_FIELDS, "COLUMNS", schema, chunk)
-                    records += [rest for _, *rest in await _fetch(connection, sql, *args)]
+                    statement, args = _lookups(
+                        "c.TABLE_NAME", "TABLES", schema, chunk, sql.IS_RELATION
+                    )
+                    names += [name for _, name in await _fetch(connection, statement, *args)]
+                    statement, args = _lookups(sql.TABLE_COLUMN_FIELDS, "COLUMNS", schema, chunk)
+                    records += [rest for _, *rest in await _fetch(connection, statement, *args)]
         # information_schema may compare names without regard to case: exact matches only.
         found = set(names)
         present = [table for table in wanted if table in found]
@@ -458,9 +387,9 @@ class MysqlSource(ClosingSource):
         ]
         return present, _column_table(schema, ordered)
 
-    async def _query(self, sql: str, *args: Any) -> list[Any]:
+    async def _query(self, statement: str, *args: Any) -> list[Any]:
         async with self._session() as connection:
-            return await _fetch(connection, sql, *args)
+            return await _fetch(connection, statement, *args)
 
     # -- the connection ------------------------------------------------------------------
 
@@ -511,7 +440,7 @@ class MysqlSource(ClosingSource):
                 program_name=_PROGRAM_NAME,
             )
             try:
-                await _execute(connection, _PIN_SESSION)
+                await _execute(connection, sql.PIN_SESSION)
             except BaseException:
                 await _close(connection)
                 raise
@@ -582,7 +511,7 @@ class MysqlSource(ClosingSource):
 
 
 def _column_table(schema: str, records: list[Any]) -> pa.Table:
-    """Column records (table, then `_COLUMN_FIELDS`) as a COLUMN_SCHEMA table."""
+    """Column records (table, then `sql.COLUMN_FIELDS`) as a COLUMN_SCHEMA table."""
     if not records:
         return COLUMN_SCHEMA.empty_table()
     tables, names, ordinals, types, nullable, defaults, comments, primary = zip(
@@ -626,12 +555,12 @@ def _lookups(
 
     A UNION ALL of `TABLE_SCHEMA = ? AND TABLE_NAME = ?` lookups, each name bound.
     """
-    part = _LOOKUP.format(select=select, view=view, extra=extra)
-    sql = " UNION ALL ".join([part] * len(tables))
+    part = sql.LOOKUP.format(select=select, view=view, extra=extra)
+    statement = " UNION ALL ".join([part] * len(tables))
     args: list[Any] = []
     for position, table in enumerate(tables):
         args += [position, schema, table]
-    return sql, args
+    return statement, args
 
 
 async def _open(**options: Any) -> Any:
@@ -639,19 +568,19 @@ async def _open(**options: Any) -> Any:
     return await asyncmy.connect(**options)
 
 
-async def _fetch(connection: Any, sql: str, *args: Any) -> list[Any]:
+async def _fetch(connection: Any, statement: str, *args: Any) -> list[Any]:
     """The rows of one prepared statement (server-side binding)."""
-    statement = await connection.prepare(sql)
+    prepared = await connection.prepare(statement)
     try:
-        result = await statement.execute(args)
+        result = await prepared.execute(args)
     finally:
-        await statement.close()
+        await prepared.close()
     return list(result.rows or ())
 
 
-async def _execute(connection: Any, sql: str) -> None:
+async def _execute(connection: Any, statement: str) -> None:
     async with connection.cursor() as cursor:
-        await cursor.execute(sql)
+        await cursor.execute(statement)
 
 
 def _fingerprint(

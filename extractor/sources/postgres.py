@@ -51,7 +51,6 @@ Choices worth knowing:
 from __future__ import annotations
 
 import asyncio
-import io
 import math
 import re
 from collections import OrderedDict, defaultdict
@@ -64,8 +63,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from metatide.extractor.core.errors import (
@@ -79,6 +76,7 @@ from metatide.extractor.core.logs import log
 from metatide.extractor.core.records import COLUMN_SCHEMA, TABLE_SCHEMA, rows_to_table
 from metatide.extractor.core.scope import Scope
 from metatide.extractor.core.spec import PostgresSourceSpec
+from metatide.extractor.sources import postgres_rows
 from metatide.extractor.sources import postgres_sql as sql
 from metatide.extractor.sources.base import (
     Capabilities,
@@ -105,8 +103,6 @@ _APPLICATION_NAME: Final = "metatide"
 
 _T = TypeVar("_T")
 _P = TypeVar("_P")
-
-_COLUMN_FIELD_TYPES = list(COLUMN_SCHEMA)[3:]
 
 _CREDENTIAL_ERRORS = (
     asyncpg.InvalidAuthorizationSpecificationError,  # includes InvalidPasswordError
@@ -288,10 +284,10 @@ class PostgresSource(ClosingSource):
             )
             parts = [oids[start : start + per_read] for start in range(0, len(oids), per_read)]
             async with self._readers(database, conn, len(parts)) as readers:
-                rows = await _spread(
+                records = await _spread(
                     readers, parts, lambda reader, part: self._fetch(reader, sql.TABLES, part)
                 )
-        return _table_rows(database, [row for part in rows for row in part])
+        return postgres_rows.table_rows(database, [row for part in records for row in part])
 
     async def _columns_of(
         self, database: str, wanted: list[tuple[str, str]]
@@ -303,7 +299,7 @@ class PostgresSource(ClosingSource):
             found = await conn.fetch(sql.PRESENT, schema_names, table_names)
             present = [(row[1], row[2]) for row in found]
             oids = [row[0] for row in found]
-            names = _Names(
+            names = postgres_rows.ColumnNames(
                 database=database,
                 oids=pa.array(oids, type=pa.int64()),
                 schemas=pa.array([schema for schema, _ in present], type=pa.string()),
@@ -324,7 +320,7 @@ class PostgresSource(ClosingSource):
                         return await _copy_columns(reader, part)
 
                 texts = await _spread(readers, parts, copy)
-            return present, names.column_batch(_read_csv(b"".join(texts)))
+            return present, names.column_batch(postgres_rows.read_csv(b"".join(texts)))
 
         async with self._session(database) as conn:
             return await self._read(conn, read)
@@ -499,79 +495,6 @@ class PostgresSource(ClosingSource):
         return [secret for secret in found if secret]
 
 
-def _table_rows(database: str, rows: Sequence[Any]) -> pa.Table:
-    """`sql.TABLES` records as a TABLE_SCHEMA table."""
-    fields = list(zip(*rows, strict=True)) if rows else [()] * 7
-    schema_names, table_names, types, comments, definitions, fingerprints, oids = fields
-    count = len(rows)
-    arrays = [
-        [database] * count,
-        schema_names,
-        table_names,
-        types,
-        comments,
-        definitions,
-        [None] * count,  # created_at: PostgreSQL keeps no DDL times
-        [None] * count,  # ddl_time
-        fingerprints,
-        oids,  # survives RENAME and SET SCHEMA: renames are found by it
-    ]
-    return pa.Table.from_arrays(
-        [pa.array(values, type=f.type) for values, f in zip(arrays, TABLE_SCHEMA, strict=True)],
-        schema=TABLE_SCHEMA,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class _Names:
-    """The relations one `sql.COLUMNS` query reads: oids and names, in output order."""
-
-    database: str
-    oids: pa.Array
-    schemas: pa.Array
-    tables: pa.Array
-
-    def column_batch(self, rows: pa.Table) -> pa.Table:
-        """`sql.COLUMNS` rows (relation oid, then the column fields) as a COLUMN_SCHEMA
-        table, ordered by relation (in `oids` order) and ordinal position."""
-        rows = rows.append_column(
-            "position", pc.index_in(rows.column("relation"), value_set=self.oids)
-        ).sort_by([("position", "ascending"), ("ordinal_position", "ascending")])
-        index = rows.column("position")
-        arrays = [
-            pa.repeat(pa.scalar(self.database, type=pa.string()), rows.num_rows),
-            self.schemas.take(index),
-            self.tables.take(index),
-        ]
-        arrays += [
-            rows.column(position + 1).cast(field.type)
-            for position, field in enumerate(_COLUMN_FIELD_TYPES)
-        ]
-        return pa.Table.from_arrays(arrays, schema=COLUMN_SCHEMA)
-
-
-_CSV_COLUMNS: Final = ["relation", *(field.name for field in _COLUMN_FIELD_TYPES)]
-
-
-def _read_csv(data: bytes) -> pa.Table:
-    """PostgreSQL's CSV: NULL is an unquoted empty field, '' a quoted one, booleans t/f."""
-    types = {"relation": pa.int64(), **{field.name: field.type for field in _COLUMN_FIELD_TYPES}}
-    if not data:  # relations without columns (or none at all): Arrow refuses an empty file
-        return pa.schema([pa.field(name, types[name]) for name in _CSV_COLUMNS]).empty_table()
-    return pacsv.read_csv(
-        io.BytesIO(data),
-        read_options=pacsv.ReadOptions(column_names=_CSV_COLUMNS),
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            column_types=types,
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-            true_values=["t"],
-            false_values=["f"],
-        ),
-    )
-
-
 async def _pin_settings(conn: Any) -> None:
     """Pin `sql.SESSION_SETTINGS` for the rest of `conn`'s transaction."""
     settings = sql.SESSION_SETTINGS
@@ -622,10 +545,10 @@ async def _export_snapshot(conn: Any) -> str:
 async def _copy_columns(conn: Any, oids: list[int]) -> bytes:
     """`sql.COLUMNS` of the oids as CSV, read in `conn`'s transaction.
 
-    COPY and Arrow's CSV reader: the rows never become Python objects (a third faster than a
-    cursor for 200,000 columns). A batch is at most columns.batchSize tables, so the text
-    fits in memory. The chunks go to a coroutine: given a file, asyncpg hands every chunk
-    (about a thousand for 200,000 columns) to a thread of its own.
+    The caller parses it with Arrow (`postgres_rows.read_csv`). A batch is at most
+    columns.batchSize tables, so the text fits in memory. The chunks go to a coroutine:
+    given a file, asyncpg hands every chunk (about a thousand for 200,000 columns) to a
+    thread of its own.
     """
     chunks: list[bytes] = []
 
