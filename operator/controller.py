@@ -347,7 +347,6 @@ class Controller:
             complete=record.complete,
             failed=record.failed,
             active=record.active,
-            ready=record.ready,
             succeeded=record.succeeded,
             failed_indexes=record.failed_indexes,
         )

@@ -67,7 +67,6 @@ class JobView:
     complete: bool = False
     failed: bool = False
     active: int = 0
-    ready: int = 0
     succeeded: int = 0
     failed_indexes: str = ""
     result: str | None = None

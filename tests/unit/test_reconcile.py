@@ -239,7 +239,7 @@ def test_the_column_job_is_indexed_with_one_index_per_batch() -> None:
 def test_batch_progress_is_reported() -> None:
     status = start_run()
     status = stored(reconcile(snapshot(status, plan_done(status, 5))))
-    running = JobView(exists=True, active=2, ready=2, succeeded=2, failed_indexes="3")
+    running = JobView(exists=True, active=2, succeeded=2, failed_indexes="3")
     batches = current(stored(reconcile(snapshot(status, running)))).batches
     assert batches.model_dump() == {"total": 5, "succeeded": 2, "failed": 1, "active": 2}
 
@@ -352,7 +352,7 @@ def test_a_job_that_cannot_start_stalls_the_resource_with_kubernetes_words() -> 
     again = reconcile(snapshot(after, stuck, now=NOW + timedelta(seconds=10)))
     assert again.events == []  # one event per problem, not one per look
     assert merge_patch(after.to_dict(), again.status.to_dict()) == {}
-    running = reconcile(snapshot(after, JobView(exists=True, active=1, ready=1)))
+    running = reconcile(snapshot(after, JobView(exists=True, active=1)))
     assert condition(stored(running), "Stalled")[0] == "False"
     assert current(stored(running)).blocked is None
 
@@ -415,7 +415,7 @@ def test_forbid_skips_a_due_run_while_one_is_active_and_keeps_the_last_schedule_
     active = start_run().model_copy(
         update={"last_schedule_time": datetime(2026, 3, 1, 11, 55, tzinfo=UTC)}
     )
-    decision = reconcile(snapshot(active, JobView(exists=True, active=1, ready=1), spec=spec))
+    decision = reconcile(snapshot(active, JobView(exists=True, active=1), spec=spec))
     after = stored(decision)
     assert current(after).id == current(active).id
     assert decision.stop_run is None
@@ -423,7 +423,7 @@ def test_forbid_skips_a_due_run_while_one_is_active_and_keeps_the_last_schedule_
     assert after.to_dict()["lastScheduleTime"] == "2026-03-01T11:55:00Z"  # no run started
     assert after.to_dict()["lastScheduleTick"] == "2026-03-01T12:00:00Z"  # but handled
     assert (
-        reconcile(snapshot(after, JobView(exists=True, active=1, ready=1), spec=spec)).events == []
+        reconcile(snapshot(after, JobView(exists=True, active=1), spec=spec)).events == []
     )
 
 
@@ -508,7 +508,7 @@ def test_history_is_bounded_per_outcome() -> None:
 def test_condition_transition_time_changes_only_with_the_status() -> None:
     first = start_run()
     later = NOW + timedelta(minutes=1)
-    again = stored(reconcile(snapshot(first, JobView(exists=True, active=1, ready=1), now=later)))
+    again = stored(reconcile(snapshot(first, JobView(exists=True, active=1), now=later)))
     assert first.condition("Reconciling") is not None
     assert again.condition("Reconciling") == first.condition("Reconciling")
 
