@@ -1,6 +1,6 @@
 # Shared by the throwaway test servers' scripts (postgres.sh, mariadb.sh, minio.sh); sourced,
 # never run. Each script sets SERVICE (its log prefix) and LOG_FILE (its server's log) first,
-# defines cmd_<command> for each of its commands, and ends with `dispatch <commands> -- "$@"`.
+# defines cmd_<command> for each of its commands, and ends with `dispatch "$@"`.
 
 log() { printf '%s: %s\n' "$SERVICE" "$*" >&2; }
 die() {
@@ -60,22 +60,14 @@ poll() {
     return 1
 }
 
-# dispatch COMMAND... -- ARGS...: runs cmd_<ARGS[0]> when it is one of the COMMANDs.
+# dispatch ARGS...: runs cmd_<ARGS[0]>; the script's commands are its cmd_ functions.
 dispatch() {
-    local commands=()
-    while [[ $# -gt 0 && "$1" != "--" ]]; do
-        commands+=("$1")
-        shift
-    done
-    shift
-    local wanted="${1:-}" command
-    for command in "${commands[@]}"; do
-        if [[ "$wanted" == "$command" ]]; then
-            "cmd_$command"
-            return
-        fi
-    done
-    local IFS="|"
-    echo "usage: $0 {${commands[*]}}" >&2
+    if [[ -n "${1:-}" ]] && declare -F "cmd_$1" >/dev/null; then
+        "cmd_$1"
+        return
+    fi
+    local commands
+    commands="$(declare -F | sed -n 's/^declare -f cmd_//p' | paste -sd '|')"
+    echo "usage: $0 {$commands}" >&2
     exit 2
 }

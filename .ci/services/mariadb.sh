@@ -186,4 +186,4 @@ cmd_env() {
     echo "export METATIDE_TEST_MYSQL_CA=$TLS_DIR/ca.pem"
 }
 
-dispatch start stop status env -- "$@"
+dispatch "$@"

@@ -177,4 +177,4 @@ cmd_env() {
     echo "export METATIDE_TEST_S3_SECRET_KEY=$ROOT_PASSWORD"
 }
 
-dispatch build start stop status env -- "$@"
+dispatch "$@"

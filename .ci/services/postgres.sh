@@ -155,4 +155,4 @@ cmd_env() {
     echo "export METATIDE_TEST_PG_DSN=$DSN"
 }
 
-dispatch start stop status env -- "$@"
+dispatch "$@"
